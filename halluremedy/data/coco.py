@@ -1,0 +1,231 @@
+"""COCO-format datasets: one loader for real COCO 2014 and for the procedural scene world.
+
+On-disk layout (the one COCO itself uses)::
+
+    ROOT/annotations/instances_{split}.json   images, categories, annotations (bbox [x, y, w, h])
+    ROOT/annotations/captions_{split}.json    optional: {"images": [...], "annotations": [{"image_id", "caption"}]}
+    ROOT/{split}/{file_name}                  image files
+
+Two optional, non-standard fields are understood (COCO tools ignore them):
+  * ``annotations[i]["attributes"]``: ``{"color": "red", "size": "small", ...}``;
+  * ``categories[i]["synonyms"]``: surface words that name the class, used by CHAIR parsing.
+    Real COCO has none; evaluation then uses the built-in COCO synonym table.
+
+Every error names the file, the record index and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+__all__ = ["CocoObject", "CocoImage", "CocoDataset", "DatasetError", "write_json_atomic", "write_coco"]
+
+
+class DatasetError(ValueError):
+    """A dataset file is malformed; the message names file, record and field."""
+
+
+@dataclass(frozen=True)
+class CocoObject:
+    """One annotated object instance."""
+
+    category: str
+    bbox: tuple[float, float, float, float]  # x, y, w, h in pixels
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CocoImage:
+    """One image with its objects and reference captions."""
+
+    image_id: int
+    file_name: str
+    path: Path
+    width: int
+    height: int
+    objects: tuple[CocoObject, ...]
+    captions: tuple[str, ...]
+
+    @property
+    def categories(self) -> set[str]:
+        """Distinct category names annotated in this image."""
+        return {o.category for o in self.objects}
+
+
+@dataclass
+class CocoDataset:
+    """A loaded COCO-format split. ``images`` keep the order of the instances file."""
+
+    root: Path
+    split: str
+    images: list[CocoImage]
+    categories: list[str]  # names, in category-id order
+    synonyms: dict[str, list[str]] | None  # category -> surface words, when the data ships them
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def by_id(self, image_id: int) -> CocoImage:
+        return self._index[image_id]
+
+    def __post_init__(self) -> None:
+        self._index = {im.image_id: im for im in self.images}
+
+    def load_image(self, image: CocoImage) -> Image.Image:
+        """Open an image as RGB; a missing or unreadable file raises DatasetError naming it."""
+        try:
+            with Image.open(image.path) as im:
+                return im.convert("RGB")
+        except FileNotFoundError:
+            raise DatasetError(f"{image.path}: image file of image_id={image.image_id} does not exist") from None
+        except OSError as e:
+            raise DatasetError(f"{image.path}: cannot read image of image_id={image.image_id}: {e}") from None
+
+    @classmethod
+    def load(cls, root: str | os.PathLike, split: str, *, require_captions: bool = False,
+             check_files: bool = True) -> "CocoDataset":
+        """Load ``ROOT/annotations/{instances,captions}_{split}.json`` and index ``ROOT/{split}/``."""
+        root = Path(root)
+        inst_path = root / "annotations" / f"instances_{split}.json"
+        cap_path = root / "annotations" / f"captions_{split}.json"
+        inst = _read_json(inst_path)
+        for key in ("images", "categories", "annotations"):
+            if not isinstance(inst.get(key), list):
+                raise DatasetError(f"{inst_path}: missing or non-list top-level field '{key}'")
+
+        cat_names: dict[int, str] = {}
+        synonyms: dict[str, list[str]] = {}
+        for i, c in enumerate(inst["categories"]):
+            cid = _field(c, "id", int, inst_path, "categories", i)
+            name = _field(c, "name", str, inst_path, "categories", i)
+            cat_names[cid] = name
+            if "synonyms" in c:
+                syn = c["synonyms"]
+                if not (isinstance(syn, list) and all(isinstance(s, str) and s for s in syn)):
+                    raise DatasetError(f"{inst_path}: categories[{i}] field 'synonyms' must be a list of strings")
+                synonyms[name] = list(syn)
+
+        meta: dict[int, tuple[str, int, int]] = {}
+        for i, im in enumerate(inst["images"]):
+            iid = _field(im, "id", int, inst_path, "images", i)
+            if iid in meta:
+                raise DatasetError(f"{inst_path}: images[{i}] field 'id' duplicates image id {iid}")
+            meta[iid] = (_field(im, "file_name", str, inst_path, "images", i),
+                         _field(im, "width", int, inst_path, "images", i),
+                         _field(im, "height", int, inst_path, "images", i))
+
+        objects: dict[int, list[CocoObject]] = {iid: [] for iid in meta}
+        for i, a in enumerate(inst["annotations"]):
+            iid = _field(a, "image_id", int, inst_path, "annotations", i)
+            cid = _field(a, "category_id", int, inst_path, "annotations", i)
+            if iid not in meta:
+                raise DatasetError(f"{inst_path}: annotations[{i}] field 'image_id' refers to unknown image {iid}")
+            if cid not in cat_names:
+                raise DatasetError(f"{inst_path}: annotations[{i}] field 'category_id' refers to unknown category {cid}")
+            bbox = a.get("bbox", [0, 0, 0, 0])
+            if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+                raise DatasetError(f"{inst_path}: annotations[{i}] field 'bbox' must be [x, y, w, h]")
+            attrs = a.get("attributes", {})
+            if not isinstance(attrs, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in attrs.items()):
+                raise DatasetError(f"{inst_path}: annotations[{i}] field 'attributes' must map strings to strings")
+            objects[iid].append(CocoObject(cat_names[cid], tuple(float(v) for v in bbox), dict(attrs)))
+
+        captions: dict[int, list[str]] = {iid: [] for iid in meta}
+        if cap_path.exists():
+            caps = _read_json(cap_path)
+            if not isinstance(caps.get("annotations"), list):
+                raise DatasetError(f"{cap_path}: missing or non-list top-level field 'annotations'")
+            for i, a in enumerate(caps["annotations"]):
+                iid = _field(a, "image_id", int, cap_path, "annotations", i)
+                text = _field(a, "caption", str, cap_path, "annotations", i)
+                if iid not in meta:
+                    raise DatasetError(f"{cap_path}: annotations[{i}] field 'image_id' refers to unknown image {iid}")
+                if not text.strip():
+                    raise DatasetError(f"{cap_path}: annotations[{i}] field 'caption' is empty")
+                captions[iid].append(text)
+        elif require_captions:
+            raise DatasetError(f"{cap_path}: captions file does not exist")
+
+        image_dir = root / split
+        images = []
+        for iid, (fname, w, h) in meta.items():
+            path = image_dir / fname
+            if check_files and not path.is_file():
+                raise DatasetError(f"{inst_path}: image {iid} file_name '{fname}' not found at {path}")
+            images.append(CocoImage(iid, fname, path, w, h, tuple(objects[iid]), tuple(captions[iid])))
+        categories = [cat_names[c] for c in sorted(cat_names)]
+        return cls(root, split, images, categories, synonyms or None)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file does not exist") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: top level must be a JSON object")
+    return data
+
+
+def _field(record: object, name: str, kind: type, path: Path, table: str, index: int):
+    if not isinstance(record, dict):
+        raise DatasetError(f"{path}: {table}[{index}] is not an object")
+    if name not in record:
+        raise DatasetError(f"{path}: {table}[{index}] lacks field '{name}'")
+    value = record[name]
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise DatasetError(f"{path}: {table}[{index}] field '{name}' must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def write_json_atomic(path: str | os.PathLike, obj: object, *, indent: int | None = None) -> None:
+    """Write JSON through a temporary file + rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=indent)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_coco(root: str | os.PathLike, split: str, images: Sequence[tuple[str, int, int]],
+               categories: Sequence[str], annotations: Iterable[tuple[int, str, Sequence[float], dict[str, str]]],
+               captions: Iterable[tuple[int, str]], synonyms: dict[str, list[str]] | None = None) -> None:
+    """Write the two annotation files of a split (image files are the caller's).
+
+    ``images[i] = (file_name, width, height)`` gets image id ``i + 1``; ``annotations`` yields
+    ``(image_id, category, bbox, attributes)``; ``captions`` yields ``(image_id, caption)``.
+    """
+    root = Path(root)
+    cat_id = {name: i + 1 for i, name in enumerate(categories)}
+    img_records = [{"id": i + 1, "file_name": f, "width": w, "height": h} for i, (f, w, h) in enumerate(images)]
+    cat_records = []
+    for name in categories:
+        rec = {"id": cat_id[name], "name": name, "supercategory": "object"}
+        if synonyms is not None:
+            rec["synonyms"] = list(synonyms[name])
+        cat_records.append(rec)
+    ann_records = []
+    for k, (iid, cat, bbox, attrs) in enumerate(annotations):
+        x, y, w, h = (float(v) for v in bbox)
+        ann_records.append({"id": k + 1, "image_id": iid, "category_id": cat_id[cat], "bbox": [x, y, w, h],
+                            "area": w * h, "iscrowd": 0, "attributes": dict(attrs)})
+    cap_records = [{"id": k + 1, "image_id": iid, "caption": text} for k, (iid, text) in enumerate(captions)]
+    ann_dir = root / "annotations"
+    write_json_atomic(ann_dir / f"instances_{split}.json",
+                      {"images": img_records, "categories": cat_records, "annotations": ann_records})
+    write_json_atomic(ann_dir / f"captions_{split}.json", {"images": img_records, "annotations": cap_records})
