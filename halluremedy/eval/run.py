@@ -1,0 +1,102 @@
+"""Evaluate a model on a COCO-format split: CHAIR on generated captions, POPE in three settings.
+
+``evaluate`` returns a JSON-serialisable dict; ``format_table`` renders it for a terminal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from halluremedy.data.coco import CocoDataset
+from halluremedy.eval.chair import ObjectVocabulary, chair, ground_truth_objects
+from halluremedy.eval.pope import build_pope, parse_pope_answer, pope_metrics
+from halluremedy.models.generate import Decoding, generate_answers
+from halluremedy.prompts import CAPTION_PROMPT, POPE_SUFFIX
+
+POPE_SETTINGS = ("random", "popular", "adversarial")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    chair_images: int = 500
+    pope_images: int = 500
+    seed: int = 0
+    caption_prompt: str = CAPTION_PROMPT
+    caption_decodings: Sequence[Decoding] = field(default_factory=lambda: (Decoding(0.0, 64),))
+    pope_settings: Sequence[str] = POPE_SETTINGS
+    batch_size: int = 64
+    progress: bool = True
+
+
+def object_vocabulary(dataset: CocoDataset) -> ObjectVocabulary:
+    """The dataset's own synonym table (scene world) or the built-in COCO one (real COCO)."""
+    return ObjectVocabulary.from_synonyms(dataset.synonyms) if dataset.synonyms else ObjectVocabulary.coco()
+
+
+def evaluate(model, processor, dataset: CocoDataset, cfg: EvalConfig = EvalConfig()) -> dict:
+    vocab = object_vocabulary(dataset)
+    rng = np.random.default_rng(cfg.seed)
+    n = min(cfg.chair_images, len(dataset))
+    chair_images = [dataset.images[i] for i in sorted(rng.choice(len(dataset), size=n, replace=False))]
+    pil = [dataset.load_image(im) for im in chair_images]
+    truth = {im.image_id: ground_truth_objects(im, vocab) for im in chair_images}
+    result: dict = {"dataset": f"{dataset.root}:{dataset.split}", "config": _jsonable(asdict(cfg)), "chair": {},
+                    "pope": {}}
+    for dec in cfg.caption_decodings:
+        captions = generate_answers(model, processor, pil, [cfg.caption_prompt] * n, dec, batch_size=cfg.batch_size,
+                                    progress=f"captions {dec.name}" if cfg.progress else None)
+        scores = chair(dict(zip(truth, captions)), truth, vocab).to_dict()
+        scores["examples"] = [{"image_id": i, "caption": c} for i, c in list(zip(truth, captions))[:5]]
+        result["chair"][dec.name] = scores
+    images_by_id = {}
+    for setting in cfg.pope_settings:
+        questions = build_pope(dataset, setting, n_images=cfg.pope_images, seed=cfg.seed)
+        for q in questions:
+            if q.image_id not in images_by_id:
+                images_by_id[q.image_id] = dataset.load_image(dataset.by_id(q.image_id))
+        answers = generate_answers(model, processor, [images_by_id[q.image_id] for q in questions],
+                                   [q.question + POPE_SUFFIX for q in questions], Decoding(0.0, 4),
+                                   batch_size=cfg.batch_size, progress=f"POPE {setting}" if cfg.progress else None)
+        result["pope"][setting] = pope_metrics([parse_pope_answer(a) for a in answers], [q.label for q in questions])
+    return result
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def summary_row(result: dict) -> dict[str, float]:
+    """Flat headline numbers: CHAIR per decoding, POPE F1/accuracy/yes-ratio per setting."""
+    row: dict[str, float] = {}
+    for dec, s in result["chair"].items():
+        tag = "greedy" if dec == "greedy" else "sampled"
+        row[f"CHAIR_s/{tag}"] = s["chair_s"]
+        row[f"CHAIR_i/{tag}"] = s["chair_i"]
+        row[f"recall/{tag}"] = s["recall"]
+        row[f"len/{tag}"] = s["mean_length"]
+    for setting, m in result["pope"].items():
+        row[f"POPE-{setting[:3]}/F1"] = m["f1"]
+        row[f"POPE-{setting[:3]}/acc"] = m["accuracy"]
+        row[f"POPE-{setting[:3]}/yes"] = m["yes_ratio"]
+    return row
+
+
+def format_table(rows: dict[str, dict[str, float]]) -> str:
+    """Markdown table: one row per model/run name, one column per headline metric."""
+    cols = sorted({c for r in rows.values() for c in r}, key=_col_order)
+    lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.3f}" if c in r else "" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _col_order(col: str) -> tuple[int, str]:
+    order = ["CHAIR_s", "CHAIR_i", "recall", "len", "POPE-ran", "POPE-pop", "POPE-adv"]
+    return next((k for k, p in enumerate(order) if col.startswith(p)), len(order)), col
