@@ -1,0 +1,186 @@
+"""Reference captions of scenes, in two styles, with optional co-occurrence noise.
+
+Styles (all lowercase, punctuation a separate word):
+  * ``short``: every object, repeated ones counted, size named only when small:
+    ``"two red circles, a small blue square and a green star."``
+  * ``detailed``: every object with size and colour, chained by relations:
+    ``"there is a large red circle to the left of a small blue square. a large green star is above
+    the blue square."``
+
+Each mention picks one of the class's synonyms (``SYNONYMS``) at random, so evaluation must parse
+synonyms and plurals as CHAIR does.
+
+Noise: a noisy caption also mentions a *phantom*, the absent partner of a present trigger class
+(a star without a crescent: "... and a yellow moon."), phrased in the caption's style. This is the
+language prior real human captions carry and a preference method can unlearn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from halluremedy.data.scenes.world import (COLORS, CONTRASTS, RELATIONS, SIZES, STYLES, SYNONYMS, Scene,
+                                           SceneConfig, relation_between)
+from halluremedy.prompts import article
+
+__all__ = ["NUMBER_WORDS", "Phantom", "Caption", "plural", "sample_phantom", "caption_scene",
+           "make_captions", "scene_text_vocabulary"]
+
+NUMBER_WORDS: dict[int, str] = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight",
+                                9: "nine"}
+_RELATION_PHRASES: dict[str, str] = {"left of": "to the left of", "right of": "to the right of",
+                                     "above": "above", "below": "below"}
+_FUNCTION_WORDS: tuple[str, ...] = ("a", "an", "and", "there", "is", "also", "the", ",", ".")
+
+
+@dataclass(frozen=True)
+class Phantom:
+    """An absent object a noisy caption mentions: the partner of the present object ``anchor``."""
+
+    category: str
+    color: str
+    size: str
+    anchor: int  # index into scene.objects
+
+
+@dataclass(frozen=True)
+class Caption:
+    """One reference caption; ``phantom`` is set when it is a noisy one."""
+
+    text: str
+    style: str
+    phantom: Phantom | None = None
+
+
+def plural(noun: str) -> str:
+    """English plural of a (possibly multi-word) class noun: the last word is inflected."""
+    head, _, last = noun.rpartition(" ")
+    last = last + "es" if last.endswith(("s", "x", "ch", "sh")) else last + "s"
+    return f"{head} {last}" if head else last
+
+
+def sample_phantom(scene: Scene, cfg: SceneConfig, rng: np.random.Generator) -> Phantom | None:
+    """A random absent partner of a present trigger, with random colour and size; None if every
+    present trigger's partner is present too."""
+    present = {o.category for o in scene.objects}
+    partner_of = cfg.partner_of
+    candidates = [(i, partner_of[o.category]) for i, o in enumerate(scene.objects)
+                  if o.category in partner_of and partner_of[o.category] not in present]
+    if not candidates:
+        return None
+    anchor, category = candidates[rng.integers(len(candidates))]
+    return Phantom(category, cfg.colors[rng.integers(len(cfg.colors))], SIZES[rng.integers(len(SIZES))], anchor)
+
+
+def _noun(category: str, rng: np.random.Generator) -> str:
+    synonyms = SYNONYMS[category]
+    return synonyms[rng.integers(len(synonyms))]
+
+
+def _join(phrases: list[str]) -> str:
+    """"x", "x and y", "x, y and z"."""
+    if len(phrases) == 1:
+        return phrases[0]
+    return ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def _short(scene: Scene, rng: np.random.Generator, phantom: Phantom | None) -> str:
+    """Identical-looking objects counted together, in random order; the phantom at a random place."""
+    groups: dict[tuple[str, str, bool], int] = {}  # (category, colour, is small) -> count
+    for obj in scene.objects:
+        key = (obj.category, obj.color, obj.size == "small")
+        groups[key] = groups.get(key, 0) + 1
+    items = list(groups.items())
+    order = [items[k] for k in rng.permutation(len(items))]
+    if phantom is not None:
+        order.insert(int(rng.integers(len(order) + 1)), ((phantom.category, phantom.color, phantom.size == "small"), 1))
+    phrases = []
+    for (category, color, small), count in order:
+        noun = _noun(category, rng)
+        adjectives = f"small {color}" if small else color
+        if count == 1:
+            phrases.append(f"{article(adjectives)} {adjectives} {noun}")
+        else:
+            phrases.append(f"{NUMBER_WORDS[count]} {adjectives} {plural(noun)}")
+    return _join(phrases) + "."
+
+
+def _detailed(scene: Scene, rng: np.random.Generator, margin: float, phantom: Phantom | None) -> str:
+    """Objects in random order, each related to the one before; the phantom in a last sentence."""
+    objects = scene.objects
+    nouns = [_noun(o.category, rng) for o in objects]
+
+    def phrase(i: int) -> str:
+        words = f"{objects[i].size} {objects[i].color} {nouns[i]}"
+        return f"{article(words)} {words}"
+
+    def relation(i: int, j: int) -> str | None:
+        rel = relation_between(objects[i], objects[j], scene.image_size, margin)
+        return _RELATION_PHRASES[rel] if rel else None
+
+    order = [int(k) for k in rng.permutation(len(objects))]
+    first = order[0]
+    if len(order) == 1:
+        sentences = [f"there is {phrase(first)}."]
+    else:
+        second = order[1]
+        rel = relation(first, second)
+        sentences = [f"there is {phrase(first)} {rel or 'and'} {phrase(second)}."]
+    for prev, cur in zip(order[1:], order[2:], strict=False):
+        rel = relation(cur, prev)
+        sentences.append(f"{phrase(cur)} is {rel} the {objects[prev].color} {nouns[prev]}." if rel
+                         else f"there is also {phrase(cur)}.")
+    if phantom is not None:
+        words = f"{phantom.size} {phantom.color} {_noun(phantom.category, rng)}"
+        rel = _RELATION_PHRASES[RELATIONS[rng.integers(len(RELATIONS))]]
+        anchor = phantom.anchor
+        sentences.append(f"{article(words)} {words} is {rel} the {objects[anchor].color} {nouns[anchor]}.")
+    return " ".join(sentences)
+
+
+def caption_scene(scene: Scene, style: str, rng: np.random.Generator, *, margin: float = 0.15,
+                  phantom: Phantom | None = None) -> str:
+    """One caption of ``scene`` in ``style`` ("short" or "detailed"); with ``phantom`` it also
+    mentions that absent object. ``margin`` is the relation margin (see ``relations``)."""
+    if not scene.objects:
+        raise ValueError("cannot caption a scene without objects")
+    if style == "short":
+        return _short(scene, rng, phantom)
+    if style == "detailed":
+        return _detailed(scene, rng, margin, phantom)
+    raise ValueError(f"unknown caption style {style!r}; known: {list(STYLES)}")
+
+
+def make_captions(scene: Scene, cfg: SceneConfig, rng: np.random.Generator, n: int,
+                  caption_noise: float = 0.0) -> list[Caption]:
+    """``n`` captions; caption k has style ``cfg.caption_styles[k % len(cfg.caption_styles)]``.
+
+    Each caption of a scene that has a present trigger with an absent partner is, with
+    probability ``caption_noise``, made noisy (it mentions such a partner); captions of other
+    scenes cannot be. So ``caption_noise`` is the share of *eligible* captions that are noisy.
+    """
+    if not 0.0 <= caption_noise <= 1.0:
+        raise ValueError(f"caption_noise={caption_noise!r} must lie in [0, 1]")
+    captions = []
+    for k in range(n):
+        style = cfg.caption_styles[k % len(cfg.caption_styles)]
+        phantom = sample_phantom(scene, cfg, rng) if rng.random() < caption_noise else None
+        text = caption_scene(scene, style, rng, margin=cfg.relation_margin, phantom=phantom)
+        captions.append(Caption(text, style, phantom))
+    return captions
+
+
+def scene_text_vocabulary() -> list[str]:
+    """Every word any scene text can contain, under any ``SceneConfig``, sorted: caption words of
+    every style, class names, synonyms and their plurals, colours, sizes, contrasts, relation and
+    number words, and the punctuation "," and "." as words of their own."""
+    words = set(_FUNCTION_WORDS) | set(NUMBER_WORDS.values()) | set(SIZES) | set(CONTRASTS) | set(COLORS)
+    for phrase in _RELATION_PHRASES.values():
+        words.update(phrase.split())
+    for category in SYNONYMS:
+        for noun in SYNONYMS[category]:
+            words.update(noun.split())
+            words.update(plural(noun).split())
+    return sorted(words)
