@@ -1,0 +1,185 @@
+"""Prefix-shared attention for packed preference batches, plugged into transformers' attention interface.
+
+A packed row holds, per group, a prompt prefix ``P`` and responses ``R_1..R_m``:
+``[P_1 | R_11 | R_12 | P_2 | R_21 | ...]``. Every query row belongs to exactly one *varlen segment*:
+
+* the first response of a group is contiguous with its prefix, so ``[P_g | R_g1]`` is one ordinary
+  causal segment (queries = keys = those rows);
+* each further response ``R_gj`` is a segment whose queries are its own rows and whose keys are the
+  rows of ``P_g`` followed by its own rows.
+
+Causality is aligned bottom-right (FlashAttention-2's convention for ``len_k >= len_q``): query ``i``
+of a segment sees keys ``0 .. i + (len_k - len_q)``, so query ``i`` of ``R_gj`` sees all of ``P_g``
+and ``R_gj[:i+1]``. One :class:`VarlenPlan` describes the segments; both backends read it:
+
+* ``flash_attn_varlen_func`` (CUDA, fp16/bf16, flash-attn installed): queries are the packed row as
+  is; keys/values are gathered with ``kv_index`` so the prefix is repeated once per extra response.
+* SDPA elsewhere: :func:`varlen_block_mask` turns the plan into a (T, T) boolean mask, handed to the
+  model as a prepared 4-D ``attention_mask`` (so transformers builds no mask of its own and every
+  layer reuses it) and consumed by transformers' own SDPA function (GQA via ``repeat_kv``).
+
+Shapes: T packed rows, Tk gathered key rows (T plus one prefix per extra response), S segments,
+H query heads, Hkv key/value heads, d head dim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+try:
+    from flash_attn import flash_attn_varlen_func
+except ImportError:
+    flash_attn_varlen_func = None
+
+PACKED_ATTENTION = "halluremedy_packed"
+VARLEN_KWARG = "halluremedy_varlen"  # the keyword the pack's VarlenPlan travels under, model -> attention
+
+VarlenFn = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class VarlenPlan:
+    """Varlen segments of a packed row, in FlashAttention-2's ``cu_seqlens`` form.
+
+    kv_index: (Tk,) long, packed row of each gathered key, segment after segment.
+    cu_seqlens_q: (S + 1,) int32, segment starts in the packed row (queries are not reordered).
+    cu_seqlens_k: (S + 1,) int32, segment starts in the gathered keys.
+    max_seqlen_q, max_seqlen_k: longest segment on each side.
+    """
+
+    kv_index: torch.Tensor
+    cu_seqlens_q: torch.Tensor
+    cu_seqlens_k: torch.Tensor
+    max_seqlen_q: int
+    max_seqlen_k: int
+
+    @property
+    def num_segments(self) -> int:
+        return self.cu_seqlens_q.numel() - 1
+
+    def to(self, device: torch.device | str) -> VarlenPlan:
+        return VarlenPlan(self.kv_index.to(device), self.cu_seqlens_q.to(device), self.cu_seqlens_k.to(device),
+                          self.max_seqlen_q, self.max_seqlen_k)
+
+
+def varlen_block_mask(plan: VarlenPlan, total: int) -> torch.Tensor:
+    """(T, T) bool, True where packed row ``i`` may attend to packed row ``j`` under ``plan``."""
+    device = plan.kv_index.device
+    mask = torch.zeros(total, total, dtype=torch.bool, device=device)
+    cu_q, cu_k = plan.cu_seqlens_q.tolist(), plan.cu_seqlens_k.tolist()
+    for s in range(plan.num_segments):
+        len_q, len_k = cu_q[s + 1] - cu_q[s], cu_k[s + 1] - cu_k[s]
+        keys = plan.kv_index[cu_k[s]:cu_k[s + 1]]
+        # bottom-right causal: query i sees gathered keys 0 .. i + len_k - len_q
+        block = torch.ones(len_q, len_k, dtype=torch.bool, device=device).tril(diagonal=len_k - len_q)
+        mask[cu_q[s]:cu_q[s + 1], keys] = block
+    return mask
+
+
+def varlen_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                     cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, dropout_p: float = 0.0,
+                     softmax_scale: float | None = None, causal: bool = False) -> torch.Tensor:
+    """Plain-torch ``flash_attn_varlen_func``: same signature and semantics, any device and dtype.
+
+    q: (Tq, H, d); k, v: (Tk, Hkv, d) with H a multiple of Hkv. Returns (Tq, H, d) in q's dtype;
+    scores and softmax in fp32. Causal masking is aligned bottom-right, as in FlashAttention >= 2.1.
+    The CPU stand-in through which the CUDA path's index construction is tested.
+    """
+    if dropout_p:
+        raise NotImplementedError("varlen_reference has no dropout")
+    scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    rep = q.shape[1] // k.shape[1]
+    out = torch.empty_like(q)
+    cu_q, cu_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for s in range(len(cu_q) - 1):
+        qs = q[cu_q[s]:cu_q[s + 1]].transpose(0, 1).float()                                   # (H, lq, d)
+        ks = k[cu_k[s]:cu_k[s + 1]].transpose(0, 1).float().repeat_interleave(rep, dim=0)     # (H, lk, d)
+        vs = v[cu_k[s]:cu_k[s + 1]].transpose(0, 1).float().repeat_interleave(rep, dim=0)     # (H, lk, d)
+        scores = qs @ ks.transpose(1, 2) * scale                                              # (H, lq, lk)
+        if causal:
+            len_q, len_k = qs.shape[1], ks.shape[1]
+            i = torch.arange(len_q, device=q.device)[:, None]
+            j = torch.arange(len_k, device=q.device)[None, :]
+            scores = scores.masked_fill(j > i + (len_k - len_q), float("-inf"))
+        out[cu_q[s]:cu_q[s + 1]] = (scores.softmax(-1) @ vs).transpose(0, 1).to(q.dtype)
+    return out
+
+
+def flash_dtype(query: torch.Tensor) -> torch.dtype | None:
+    """The half dtype FlashAttention would run ``query``'s attention in, or None if it cannot.
+
+    Under autocast, RoPE may have promoted q/k to fp32 while the model computes in bf16/fp16: the
+    autocast dtype is then used, as transformers' own flash integration does.
+    """
+    half = (torch.float16, torch.bfloat16)
+    if query.dtype in half:
+        return query.dtype
+    if query.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        dtype = torch.get_autocast_dtype("cuda")
+        return dtype if dtype in half else None
+    return None
+
+
+def packed_varlen_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: VarlenPlan,
+                            scaling: float | None, dropout: float = 0.0,
+                            varlen_fn: VarlenFn | None = None) -> torch.Tensor:
+    """Prefix-shared attention of one packed row through a varlen kernel.
+
+    query: (1, H, T, d); key, value: (1, Hkv, T, d), as transformers hands them over (after RoPE).
+    Returns (1, T, H, d), the layout transformers expects back. ``varlen_fn`` defaults to
+    ``flash_attn_varlen_func`` (inputs cast to its half dtype); tests pass :func:`varlen_reference`.
+    """
+    if varlen_fn is None:
+        if flash_attn_varlen_func is None:
+            raise RuntimeError("the varlen attention backend needs flash-attn (pip install flash-attn)")
+        varlen_fn = flash_attn_varlen_func
+        dtype = flash_dtype(query)
+        if dtype is None:
+            raise RuntimeError(f"flash-attn needs CUDA fp16/bf16 activations, got {query.dtype} on {query.device}")
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+    q = query[0].transpose(0, 1)                                  # (T, H, d)
+    k = key[0].transpose(0, 1).index_select(0, plan.kv_index)     # (Tk, Hkv, d)
+    v = value[0].transpose(0, 1).index_select(0, plan.kv_index)   # (Tk, Hkv, d)
+    out = varlen_fn(q, k, v, plan.cu_seqlens_q, plan.cu_seqlens_k, plan.max_seqlen_q, plan.max_seqlen_k,
+                    dropout_p=dropout, softmax_scale=scaling, causal=True)
+    return out.unsqueeze(0)                                       # (1, T, H, d)
+
+
+def packed_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                             **kwargs) -> tuple[torch.Tensor, None]:
+    """The ``"halluremedy_packed"`` attention function (transformers' AttentionInterface signature).
+
+    With a :class:`VarlenPlan` under ``kwargs[VARLEN_KWARG]``: FlashAttention-2 varlen over the pack.
+    Otherwise exactly transformers' SDPA function, on whatever mask the model built or was given: the
+    pack's (1, 1, T, T) block mask in a packed SDPA forward, HF's own causal/padding mask in ordinary
+    calls (``generate``, plain forwards), which therefore behave as under ``attn_implementation="sdpa"``.
+    """
+    plan = kwargs.pop(VARLEN_KWARG, None)
+    if plan is not None:
+        return packed_varlen_attention(query, key, value, plan, scaling, dropout), None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  **kwargs)
+
+
+AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
+# Ordinary (unpacked) calls get SDPA's masks; packed calls pass a prepared 4-D mask, which HF uses as is.
+AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
+
+
+def enable_packed_attention(language_model: PreTrainedModel) -> None:
+    """Route the decoder's attention through ``"halluremedy_packed"``; idempotent, and left in place.
+
+    The switch is deliberately not scoped to one forward: with gradient checkpointing the backward
+    pass re-runs each layer, and it must find the same attention function the forward used.
+    Unpacked calls behave as ``"sdpa"``; ``model.set_attn_implementation(...)`` switches back.
+    """
+    if language_model.config._attn_implementation != PACKED_ATTENTION:
+        language_model.set_attn_implementation(PACKED_ATTENTION)
