@@ -114,7 +114,7 @@ def test_from_synonyms_with_multi_word_forms():
 
 
 def test_conflicting_surface_forms_are_rejected():
-    with pytest.raises(ValueError, match="'box'.*claimed by both"):
+    with pytest.raises(ValueError, match=r"'box'.*claimed by both"):
         ObjectVocabulary.from_synonyms({"square": ["box"], "cube": ["boxes"]})  # boxes reads as box
     with pytest.raises(ValueError, match="not a vocabulary class"):
         ObjectVocabulary(["cat"], {"kitten": "feline"})
@@ -143,6 +143,19 @@ def test_ground_truth_rejects_a_vocabulary_that_lacks_the_annotated_classes(tmp_
     dataset = write_tiny_coco(tmp_path)
     with pytest.raises(ValueError, match="image 1 is annotated with \\['dog', 'person'\\]"):
         ground_truth_objects(dataset.by_id(1), ObjectVocabulary.from_synonyms({"circle": ["disc"]}))
+
+
+def test_dataset_synonym_table_end_to_end(tmp_path):
+    write_coco(tmp_path, "val", images=[("1.png", 8, 8)], categories=["circle", "square"],
+               annotations=[(1, "circle", (0, 0, 2, 2), {"color": "red"})], captions=[(1, "A red disc.")],
+               synonyms={"circle": ["circle", "disc"], "square": ["square", "box"]})
+    dataset = CocoDataset.load(tmp_path, "val", check_files=False)
+    vocab = ObjectVocabulary.from_synonyms(dataset.synonyms) if dataset.synonyms else ObjectVocabulary.coco()
+    truth = {1: ground_truth_objects(dataset.by_id(1), vocab)}
+    assert truth == {1: {"circle"}}
+    result = chair({1: "A red disc beside two boxes."}, truth, vocab)
+    # disc(circle) boxes(square*) -> CHAIR_i 1/2, CHAIR_s 1/1, recall 1/1
+    assert (result.chair_i, result.chair_s, result.recall) == (0.5, 1.0, 1.0)
 
 
 # ---- scores ----------------------------------------------------------------------------------
