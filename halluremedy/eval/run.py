@@ -14,7 +14,7 @@ from halluremedy.data.coco import CocoDataset
 from halluremedy.eval.chair import ObjectVocabulary, chair, ground_truth_objects
 from halluremedy.eval.pope import build_pope, parse_pope_answer, pope_metrics
 from halluremedy.models.generate import Decoding, generate_answers
-from halluremedy.prompts import CAPTION_PROMPT, POPE_SUFFIX
+from halluremedy.prompts import DETAILED_CAPTION_PROMPT, POPE_SUFFIX
 
 POPE_SETTINGS = ("random", "popular", "adversarial")
 
@@ -24,7 +24,7 @@ class EvalConfig:
     chair_images: int = 500
     pope_images: int = 500
     seed: int = 0
-    caption_prompt: str = CAPTION_PROMPT
+    caption_prompt: str = DETAILED_CAPTION_PROMPT
     caption_decodings: Sequence[Decoding] = field(default_factory=lambda: (Decoding(0.0, 64),))
     pope_settings: Sequence[str] = POPE_SETTINGS
     batch_size: int = 64

@@ -1,0 +1,93 @@
+"""The embedded default world end to end: scene data on disk and a tiny base model that hallucinates.
+
+Recipes call these so that ``python scripts/train_dpo.py`` on a fresh machine builds whatever is
+missing (and reuses whatever is already there) before it trains.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from halluremedy.data.coco import CocoDataset
+from halluremedy.data.conversation import ConversationEncoder
+from halluremedy.data.images import ImageBank
+from halluremedy.data.scenes import SceneConfig, make_dataset, scene_text_vocabulary
+from halluremedy.data.sft import caption_and_qa_conversations
+from halluremedy.models.llava import TinyLlavaSpec, build_tiny_llava, image_seq_length, save_model
+from halluremedy.prompts import prompt_words
+from halluremedy.train.loop import LoopConfig, plot_metrics
+from halluremedy.train.sft import SupervisedBatches, train_sft
+
+TRAIN_SPLIT, HELDOUT_SPLIT = "train", "val"
+
+
+@dataclass(frozen=True)
+class SceneDataSpec:
+    """The default scene-world data: train and held-out splits from different seeds."""
+
+    n_train: int = 4000
+    n_heldout: int = 600
+    train_seed: int = 1
+    heldout_seed: int = 2
+    caption_noise: float = 0.5  # share of eligible captions (trigger present, partner absent); train only; the held-out references are clean (CHAIR reads them)
+    image_size: int = 32
+
+
+def ensure_scene_data(root: str | os.PathLike, spec: SceneDataSpec = SceneDataSpec()) -> tuple[CocoDataset, CocoDataset]:
+    """Load the train / held-out scene splits under ``root``, generating any that is missing."""
+    root = Path(root)
+    cfg = SceneConfig(image_size=spec.image_size)
+    out = []
+    for split, n, seed, noise in ((TRAIN_SPLIT, spec.n_train, spec.train_seed, spec.caption_noise),
+                                  (HELDOUT_SPLIT, spec.n_heldout, spec.heldout_seed, 0.0)):
+        if (root / "annotations" / f"instances_{split}.json").exists():
+            out.append(CocoDataset.load(root, split))
+        else:
+            out.append(make_dataset(root, split, n, seed, cfg, caption_noise=noise))
+    return out[0], out[1]
+
+
+def scene_model_texts() -> list[str]:
+    """Every text the tiny model must tokenize: scene words, prompts, answers."""
+    return scene_text_vocabulary() + prompt_words() + ["Yes", "No"]
+
+
+@dataclass(frozen=True)
+class BaseTrainSpec:
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.01
+    seed: int = 0
+    questions_per_image: int = 2
+
+
+def train_base_model(train: CocoDataset, out_dir: str | os.PathLike, spec: BaseTrainSpec = BaseTrainSpec(),
+                     model_spec: TinyLlavaSpec = TinyLlavaSpec(), *, resume: bool = False) -> Path:
+    """SFT a fresh tiny LLaVA on captions + existence QA; saves ``OUT/model`` (HF layout)."""
+    out_dir = Path(out_dir)
+    torch.manual_seed(spec.seed)
+    model, processor = build_tiny_llava(model_spec, scene_model_texts(), seed=spec.seed)
+    conversations = caption_and_qa_conversations(train, seed=spec.seed, questions_per_image=spec.questions_per_image)
+    bank = ImageBank(train, processor.image_processor, progress=True)
+    encoder = ConversationEncoder(processor.tokenizer, image_seq_length(model), max_length=model_spec.max_positions)
+    batches = SupervisedBatches(conversations, encoder, bank, spec.batch_size, seed=spec.seed)
+    loop = LoopConfig(steps=spec.steps, lr=spec.lr, warmup_ratio=spec.warmup_ratio, weight_decay=spec.weight_decay,
+                      log_every=25, save_every=250)
+    train_sft(model, batches, loop, out_dir, resume=resume)
+    plot_metrics(out_dir, ["loss", "lr", "grad_norm"])
+    save_model(model, processor, out_dir / "model")
+    return out_dir / "model"
+
+
+def ensure_base_model(train: CocoDataset, out_dir: str | os.PathLike, spec: BaseTrainSpec = BaseTrainSpec()) -> Path:
+    """Return ``OUT/model``, training it first if absent (resuming an interrupted run)."""
+    path = Path(out_dir) / "model"
+    if (path / "config.json").exists():
+        return path
+    return train_base_model(train, out_dir, spec, resume=True)

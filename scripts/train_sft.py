@@ -1,0 +1,55 @@
+"""Train the tiny scene-world base model (SFT on captions + yes/no existence QA), then evaluate it.
+
+    python scripts/train_sft.py                          # data in runs/scenes, model in runs/base/model
+    python scripts/train_sft.py --steps 300 --out runs/quick
+    python scripts/train_sft.py --resume                 # continue an interrupted run exactly
+
+The base is meant to hallucinate: its training captions carry partner noise (half of the captions
+that could, i.e. whose image shows a trigger class without its partner, also mention the absent
+partner), as human captions in COCO mention plausible absent objects.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from halluremedy.config import option, parse_config
+from halluremedy.data.coco import write_json_atomic
+from halluremedy.eval.run import EvalConfig, evaluate, format_table, summary_row
+from halluremedy.models.generate import Decoding
+from halluremedy.models.llava import load_model
+from halluremedy.pipeline import BaseTrainSpec, SceneDataSpec, ensure_scene_data, train_base_model
+
+
+@dataclass(frozen=True)
+class SFTRecipe:
+    data: str = option("runs/scenes", "scene-world COCO root (generated if absent)")
+    out: str = option("runs/base", "output directory; the model lands in OUT/model")
+    steps: int = option(BaseTrainSpec.steps, "optimiser steps")
+    batch_size: int = option(BaseTrainSpec.batch_size, "conversations per step")
+    lr: float = option(BaseTrainSpec.lr, "peak learning rate (cosine, 3% warmup)")
+    seed: int = option(0, "seed for init, data order and evaluation sampling")
+    caption_noise: float = option(SceneDataSpec.caption_noise, "share of eligible training captions that mention an absent partner (new data only)")
+    eval_images: int = option(500, "held-out images for CHAIR and POPE")
+    resume: bool = option(False, "continue from OUT/checkpoint")
+
+
+def main() -> None:
+    cfg = parse_config(SFTRecipe, __doc__)
+    train, heldout = ensure_scene_data(cfg.data, SceneDataSpec(caption_noise=cfg.caption_noise))
+    spec = BaseTrainSpec(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+    model_dir = train_base_model(train, cfg.out, spec, resume=cfg.resume)
+    model, processor = load_model(model_dir)
+    result = evaluate(model, processor, heldout, EvalConfig(
+        chair_images=cfg.eval_images, pope_images=cfg.eval_images, seed=cfg.seed,
+        caption_decodings=(Decoding(0.0, 64, cfg.seed), Decoding(1.0, 64, cfg.seed))))
+    result["recipe"] = asdict(cfg)
+    write_json_atomic(Path(cfg.out) / "eval.json", result, indent=2)
+    print(format_table({"base": summary_row(result)}))
+    print(json.dumps({k: result["chair"][k]["examples"][:2] for k in result["chair"]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
