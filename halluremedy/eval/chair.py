@@ -100,7 +100,10 @@ class ObjectVocabulary:
         return cls(synonyms, {word: category for category, words in synonyms.items() for word in words})
 
     def lookup(self, phrase: str) -> str | None:
-        """Class that a surface phrase names, or None (unknown, or a phrase that is dropped)."""
+        """Class that a surface phrase names, or None (unknown, or a phrase that is dropped).
+
+        Raises ValueError for a phrase with punctuation other than hyphens.
+        """
         return self._table.get(_lemma_words(phrase))
 
     def extract_mentions(self, caption: str) -> list[Mention]:

@@ -17,9 +17,9 @@ import re
 
 __all__ = ["is_word", "singularize", "tokenize"]
 
-# A word is a run of letters/digits; "n't" and apostrophe clitics ("'s", "'re") are tokens of
-# their own; every other non-space character is a one-character punctuation token.
-_TOKEN_RE = re.compile(r"[^\W_]+(?=n't\b)|n't\b|'[^\W_]+|[^\W_]+|[^\s]")
+# A word is a run of letters/digits; "n't" and the clitics 's 'm 'd 'll 're 've after a word are
+# tokens of their own; every other non-space character is a one-character punctuation token.
+_TOKEN_RE = re.compile(r"[^\W_]+(?=n't\b)|n't\b|(?<=[^\W_])'(?:s|m|d|ll|re|ve)\b|[^\W_]+|\S")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 
 
@@ -29,7 +29,7 @@ def tokenize(text: str) -> list[str]:
     >>> tokenize("Two men's bikes, don't they?")
     ['two', 'men', "'s", 'bikes', ',', 'do', "n't", 'they', '?']
 
-    Hyphens are punctuation tokens (``"hot-dog" -> "hot", "-", "dog"``); typographic
+    Hyphens and quotes are punctuation tokens (``"hot-dog" -> "hot", "-", "dog"``); typographic
     apostrophes are read as ``'``.
     """
     return _TOKEN_RE.findall(text.lower().translate(_APOSTROPHES))

@@ -16,6 +16,9 @@ from halluremedy.eval.text import is_word, singularize, tokenize
     ("3.5 cups", ["3", ".", "5", "cups"]),
     ("  spaced\tout\n", ["spaced", "out"]),
     ("caf\u00e9 latte", ["caf\u00e9", "latte"]),  # letters beyond ASCII stay in the word
+    ("a sign saying 'stop'", ["a", "sign", "saying", "'", "stop", "'"]),  # quotes are not clitics
+    ("the dogs' bowls", ["the", "dogs", "'", "bowls"]),
+    ("we're", ["we", "'re"]),
     ("", []),
 ])
 def test_tokenize(text, tokens):
