@@ -89,19 +89,20 @@ def varlen_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     """Plain-torch ``flash_attn_varlen_func``: same signature and semantics, any device and dtype.
 
     q: (Tq, H, d); k, v: (Tk, Hkv, d) with H a multiple of Hkv. Returns (Tq, H, d) in q's dtype;
-    scores and softmax in fp32. Causal masking is aligned bottom-right, as in FlashAttention >= 2.1.
+    scores and softmax in fp32 (float64 for float64 inputs). Causal masking is aligned bottom-right, as in FlashAttention >= 2.1.
     The CPU stand-in through which the CUDA path's index construction is tested.
     """
     if dropout_p:
         raise NotImplementedError("varlen_reference has no dropout")
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
     rep = q.shape[1] // k.shape[1]
+    acc = torch.promote_types(q.dtype, torch.float32)
     out = torch.empty_like(q)
     cu_q, cu_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     for s in range(len(cu_q) - 1):
-        qs = q[cu_q[s]:cu_q[s + 1]].transpose(0, 1).float()                                   # (H, lq, d)
-        ks = k[cu_k[s]:cu_k[s + 1]].transpose(0, 1).float().repeat_interleave(rep, dim=0)     # (H, lk, d)
-        vs = v[cu_k[s]:cu_k[s + 1]].transpose(0, 1).float().repeat_interleave(rep, dim=0)     # (H, lk, d)
+        qs = q[cu_q[s]:cu_q[s + 1]].transpose(0, 1).to(acc)                                   # (H, lq, d)
+        ks = k[cu_k[s]:cu_k[s + 1]].transpose(0, 1).to(acc).repeat_interleave(rep, dim=0)     # (H, lk, d)
+        vs = v[cu_k[s]:cu_k[s + 1]].transpose(0, 1).to(acc).repeat_interleave(rep, dim=0)     # (H, lk, d)
         scores = qs @ ks.transpose(1, 2) * scale                                              # (H, lq, lk)
         if causal:
             len_q, len_k = qs.shape[1], ks.shape[1]

@@ -177,13 +177,13 @@ def llava_parts(model: nn.Module) -> tuple[LlavaModel, nn.Linear]:
     raise TypeError(f"no LlavaForConditionalGeneration inside {type(model).__name__}")
 
 
-def choose_backend(model: nn.Module, device: torch.device) -> Literal["sdpa", "varlen"]:
+def choose_backend(llava: LlavaModel, device: torch.device) -> Literal["sdpa", "varlen"]:
     """"varlen" (FlashAttention-2) on CUDA with flash-attn installed and half-precision compute, else "sdpa"."""
     if device.type != "cuda" or attention.flash_attn_varlen_func is None:
         return "sdpa"
     half = (torch.float16, torch.bfloat16)
     autocast_half = torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") in half
-    return "varlen" if autocast_half or next(model.parameters()).dtype in half else "sdpa"
+    return "varlen" if autocast_half or llava.get_input_embeddings().weight.dtype in half else "sdpa"
 
 
 def packed_hidden_states(model: nn.Module, packed: PackedBatch, pixel_values: torch.Tensor,
@@ -193,12 +193,13 @@ def packed_hidden_states(model: nn.Module, packed: PackedBatch, pixel_values: to
     pixel_values: (I, C, H, W), the distinct images ``packed.image_index`` points into; the vision
     tower runs once over them. ``backend``: "sdpa" (block mask), "varlen" (flash-attn) or "auto".
     Switches the decoder to the packed attention implementation (see ``enable_packed_attention``).
+    Move ``packed`` to the device once (``packed.to(device)``) so every forward reuses its SDPA mask.
     """
     llava, _ = llava_parts(model)
     enable_packed_attention(llava.language_model)
     device = pixel_values.device
     packed = packed.to(device)
-    backend = choose_backend(model, device) if backend == "auto" else backend
+    backend = choose_backend(llava, device) if backend == "auto" else backend
 
     vision_dtype = next(llava.vision_tower.parameters()).dtype
     features = llava.get_image_features(pixel_values=pixel_values.to(vision_dtype), return_dict=True).pooler_output
@@ -252,8 +253,8 @@ def packed_response_logprobs(model: nn.Module, packed: PackedBatch, pixel_values
     noised image. Only the N response-predicting rows meet the LM head, in ``vlm_kernels.linear_logprob``.
     """
     _, head = llava_parts(model)
+    packed = packed.to(pixel_values.device)
     hidden = packed_hidden_states(model, packed, pixel_values, backend)
-    packed = packed.to(hidden.device)
     rows = hidden.index_select(0, packed.logprob_index)                            # (N, D)
     targets = packed.targets[:, None]                                              # (N, 1)
     if extra_targets is not None:
