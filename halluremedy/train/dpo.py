@@ -1,0 +1,332 @@
+"""Preference optimisation (DPO, POVID stages 1 and 2) on the packed, prefix-shared forward.
+
+Per micro-batch of B records (prompt + image, chosen y+, k rejected y-):
+
+* the images are read once as [0, 1] tensors; the clean batch is their CLIP normalisation;
+* stage 2 only: each image is noised (``vlm_kernels.diffusion_noise``, per record, seeded by
+  ``(seed, epoch, record)``), then one no-grad packed forward of ``[P | y+]`` per model gives the
+  argmax tokens a_t under the noised image (``vlm_kernels.linear_argmax``, no (N, V) logits);
+* one packed forward ``[P | y+ | y-_1 .. y-_k]`` for the policy (with grad) and one for the
+  reference (no grad) score every response, plus, stage 2, the argmax tokens at the y+ positions
+  (a second target column of the same ``linear_logprob`` call);
+* stage 1: ``dpo_objective(text pairs)``; stage 2: ``w_t * DPO(y+ vs y-) + w_n * DPO(y+ vs a)``.
+
+So a stage-2 step is 1 grad + 3 no-grad packed forwards, each image through the vision tower once
+per forward, against POVID's 3 + 3 full forwards with per-sequence images and full logits.
+
+The reference is the policy with its LoRA adapters disabled (POVID's choice, no second copy), a
+frozen copy (full fine-tune), or log-probs precomputed once and cached on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from vlm_kernels import diffusion_noise, linear_argmax
+
+from halluremedy.data.conversation import ConversationEncoder
+from halluremedy.data.images import ImageBank
+from halluremedy.data.preference import PreferenceRecord
+from halluremedy.models.packed import PackedBatch, llava_parts, pack_groups, packed_hidden_states, \
+    packed_response_logprobs
+from halluremedy.train.losses import PairLogps, dpo_objective, nll_term, povid_stage2_loss
+from halluremedy.train.loop import LoopConfig, train_loop
+from halluremedy.train.sft import EpochSampler
+
+ReferenceMode = Literal["adapter", "copy", "precomputed"]
+
+
+@dataclass(frozen=True)
+class PreferenceObjective:
+    """What a step optimises. Stage 2 is POVID's ``w_t * L_text + w_n * L_noise`` (sigmoid, same beta)."""
+
+    stage: int = 1
+    loss_type: str = "sigmoid"  # stage 1: "sigmoid" | "ipo" | "hinge"
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    nll_alpha: float = 0.0  # RPO: + alpha * mean token NLL of y+
+    noise_step: int = 500
+    weight_text: float = 0.5
+    weight_noise: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
+
+
+@dataclass(frozen=True)
+class EncodedRecord:
+    image: str
+    prompt: list[int]  # <s>USER: <image>*N\n{q} ASSISTANT:
+    chosen: list[int]  # answer ids + </s>
+    rejected: list[list[int]]
+
+
+@dataclass
+class PreferenceBatch:
+    """One micro-batch.
+
+    records: (B,) indices into the dataset; files: B image names.
+    scored: pack of ``[P_b | y+_b | y-_b1 .. y-_bk]``; response 0 of each group is y+.
+    chosen_only: pack of ``[P_b | y+_b]`` (the noised forward's input).
+    pairs: (P, 2) long, (chosen response, rejected response) indices into ``scored``'s responses.
+    chosen_index: (B,) long, the y+ response of each record in ``scored``.
+    chosen_tokens: (N,) bool over ``scored.targets``: True at y+ tokens (in ``chosen_only`` order).
+    """
+
+    records: list[int]
+    files: list[str]
+    scored: PackedBatch
+    chosen_only: PackedBatch
+    pairs: torch.Tensor
+    chosen_index: torch.Tensor
+    chosen_tokens: torch.Tensor
+
+
+class PreferenceBatches:
+    """Encodes every record once; ``batch(i)`` is a pure function of ``(seed, i)``."""
+
+    def __init__(self, records: Sequence[PreferenceRecord], encoder: ConversationEncoder, bank: ImageBank,
+                 batch_size: int, seed: int):
+        missing = [r.image for r in records if r.image not in bank]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} preference records name images not in the dataset, "
+                                    f"e.g. {missing[0]!r}")
+        self.encoded = []
+        for k, r in enumerate(records):
+            prompt = encoder.prompt_ids(r.prompt, first=True)
+            chosen = encoder.response_ids(r.chosen)
+            rejected = [encoder.response_ids(x) for x in r.rejected]
+            encoder.check_length(len(prompt) + max(len(chosen), *map(len, rejected)), f"record {k} ({r.id})")
+            self.encoded.append(EncodedRecord(r.image, prompt, chosen, rejected))
+        self.bank, self.batch_size = bank, batch_size
+        self.image_token_id = encoder.image_token_id
+        self.sampler = EpochSampler(len(records), seed)
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def epoch_of(self, index: int) -> int:
+        return index * self.batch_size // len(self.encoded)
+
+    def batch(self, index: int) -> PreferenceBatch:
+        rows = self.sampler.take(index * self.batch_size, self.batch_size)
+        return self.make_batch(rows)
+
+    def make_batch(self, rows: list[int]) -> PreferenceBatch:
+        recs = [self.encoded[r] for r in rows]
+        scored = pack_groups([r.prompt for r in recs], [[r.chosen, *r.rejected] for r in recs],
+                             image_token_id=self.image_token_id)
+        chosen_only = pack_groups([r.prompt for r in recs], [[r.chosen] for r in recs])
+        pairs, chosen_index, first = [], [], 0
+        for r in recs:
+            pairs += [(first, first + 1 + j) for j in range(len(r.rejected))]
+            chosen_index.append(first)
+            first += 1 + len(r.rejected)
+        chosen_index = torch.tensor(chosen_index)
+        is_chosen = torch.zeros(scored.num_responses, dtype=torch.bool)
+        is_chosen[chosen_index] = True
+        return PreferenceBatch(rows, [r.image for r in recs], scored, chosen_only, torch.tensor(pairs), chosen_index,
+                               is_chosen[scored.token_response])
+
+
+def noised_pixels(bank: ImageBank, images01: torch.Tensor, keys: Sequence[int], step: int) -> torch.Tensor:
+    """(B, C, H, W) normalised noised images; image b's noise is a pure function of ``keys[b]``
+    (so it does not depend on batch composition), fused with the CLIP normalisation."""
+    mean, std = bank.mean.flatten().tolist(), bank.std.flatten().tolist()
+    return torch.cat([diffusion_noise(images01[b:b + 1], step, seed=int(keys[b]), mean=mean, std=std)
+                      for b in range(images01.shape[0])])
+
+
+def noise_seed(seed: int, epoch: int, record: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, record]).generate_state(1)[0])
+
+
+@torch.no_grad()
+def noise_argmax(model: torch.nn.Module, chosen_only: PackedBatch, noised: torch.Tensor) -> torch.Tensor:
+    """(N_chosen,) argmax token at every y+ position under the noised image (teacher-forced on y+)."""
+    _, head = llava_parts(model)
+    hidden = packed_hidden_states(model, chosen_only, noised)
+    rows = hidden.index_select(0, chosen_only.logprob_index.to(hidden.device))
+    return linear_argmax(rows.to(head.weight.dtype), head.weight, head.bias)
+
+
+class Reference:
+    """Where reference log-probs come from. ``scope(policy)`` yields the module to run as reference."""
+
+    def __init__(self, mode: ReferenceMode, policy: torch.nn.Module | None = None):
+        self.mode = mode
+        self.frozen = None
+        if mode == "copy":
+            self.frozen = copy.deepcopy(policy).eval().requires_grad_(False)
+        self.cache: dict[str, torch.Tensor] | None = None
+
+    @contextlib.contextmanager
+    def scope(self, policy: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        if self.mode == "adapter":
+            with policy.disable_adapter():
+                yield policy
+        elif self.mode == "copy":
+            yield self.frozen
+        else:
+            raise RuntimeError("precomputed reference: no model to run")
+
+
+@dataclass
+class StepLogps:
+    """Per-response sums of one model on one batch; ``noise`` = the argmax column, at y+ only."""
+
+    summed: torch.Tensor  # (R,)
+    lengths: torch.Tensor  # (R,)
+    noise: torch.Tensor | None  # (R,) or None
+
+
+def score_batch(model: torch.nn.Module, batch: PreferenceBatch, clean: torch.Tensor,
+                argmax_tokens: torch.Tensor | None) -> StepLogps:
+    extra = None
+    if argmax_tokens is not None:
+        extra = torch.full_like(batch.scored.targets, -1)
+        extra[batch.chosen_tokens] = argmax_tokens.to(extra.device)
+    out = packed_response_logprobs(model, batch.scored, clean, extra_targets=extra)
+    return StepLogps(out.summed, out.lengths.to(out.summed.device), out.extra_summed)
+
+
+def reference_logps(policy: torch.nn.Module, reference: Reference, batch: PreferenceBatch, clean: torch.Tensor,
+                    noised: torch.Tensor | None) -> StepLogps:
+    with torch.no_grad(), reference.scope(policy) as ref:
+        argmax = noise_argmax(ref, batch.chosen_only, noised) if noised is not None else None
+        return score_batch(ref, batch, clean, argmax)
+
+
+def preference_loss(objective: PreferenceObjective, batch: PreferenceBatch, pol: StepLogps, ref: StepLogps
+                    ) -> tuple[torch.Tensor, dict[str, float]]:
+    c, r = batch.pairs[:, 0].to(pol.summed.device), batch.pairs[:, 1].to(pol.summed.device)
+    ref_summed = ref.summed.to(pol.summed.device)
+    text = PairLogps(pol.summed[c], pol.summed[r], ref_summed[c], ref_summed[r])
+    if objective.stage == 1:
+        out = dpo_objective(text, loss_type=objective.loss_type, beta=objective.beta,
+                            label_smoothing=objective.label_smoothing, alpha=objective.nll_alpha,
+                            chosen_lengths=pol.lengths[c], rejected_lengths=pol.lengths[r])
+        losses, metrics = out.losses, out.metrics()
+    else:
+        noise = PairLogps(pol.summed[c], pol.noise[c], ref_summed[c], ref.noise.to(pol.summed.device)[c])
+        out = povid_stage2_loss(text, noise, beta=objective.beta, weight_text=objective.weight_text,
+                                weight_noise=objective.weight_noise)
+        losses, metrics = out.losses, out.metrics()
+        if objective.nll_alpha:
+            nll = nll_term(pol.summed[c], pol.lengths[c])
+            losses = losses + objective.nll_alpha * nll
+            metrics["nll"] = nll.detach().mean()
+    metrics = {k: float(v) for k, v in metrics.items()}
+    metrics["loss"] = float(losses.detach().mean())
+    return losses.mean(), metrics
+
+
+def precompute_reference(model: torch.nn.Module, batches: PreferenceBatches, objective: PreferenceObjective,
+                         epochs: int, seed: int, path: str | os.PathLike, *, batch_size: int = 16) -> dict:
+    """Score every record with the reference once and cache the sums in ``path`` (safetensors).
+
+    Saved: ``chosen`` (n,), ``rejected`` (n, k_max) (NaN-padded), and for stage 2 ``noise`` (epochs, n):
+    the reference's argmax-token sums under the noise each record gets in each epoch. Keyed by
+    record index; the file's metadata holds the seed, stage and record count it is valid for.
+    """
+    device = next(model.parameters()).device
+    n = len(batches)
+    k_max = max(len(e.rejected) for e in batches.encoded)
+    chosen = torch.empty(n)
+    rejected = torch.full((n, k_max), float("nan"))
+    noise = torch.empty(epochs if objective.stage == 2 else 0, n)
+    model.eval()
+    with torch.no_grad():
+        for start in tqdm(range(0, n, batch_size), desc="reference log-probs", leave=False):
+            rows = list(range(start, min(n, start + batch_size)))
+            batch = batches.make_batch(rows)
+            images01 = batches.bank.get01(batch.files).to(device)
+            clean = batches.bank.normalize(images01).to(model.dtype)
+            logps = score_batch(model, batch, clean, None)
+            chosen[rows] = logps.summed[batch.chosen_index].cpu()
+            for pos, (c, r) in zip(_pair_rows(batch), batch.pairs.tolist()):
+                rejected[rows[pos], r - c - 1] = logps.summed[r].cpu()
+            for epoch in range(noise.shape[0]):
+                keys = [noise_seed(seed, epoch, r) for r in rows]
+                noised = noised_pixels(batches.bank, images01, keys, objective.noise_step).to(model.dtype)
+                argmax = noise_argmax(model, batch.chosen_only, noised)
+                noise[epoch, rows] = score_batch(model, batch, clean, argmax).noise[batch.chosen_index].cpu()
+    meta = {"seed": str(seed), "stage": str(objective.stage), "records": str(n), "epochs": str(epochs),
+            "noise_step": str(objective.noise_step)}
+    tensors = {"chosen": chosen, "rejected": rejected, "noise": noise}
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    save_file(tensors, tmp, metadata=meta)
+    os.replace(tmp, path)
+    return tensors
+
+
+def _pair_rows(batch: PreferenceBatch) -> list[int]:
+    """For each pair, the position of its record in the batch."""
+    groups = batch.scored.response_group.tolist()
+    return [groups[c] for c in batch.pairs[:, 0].tolist()]
+
+
+def cached_reference(cache: dict[str, torch.Tensor], batch: PreferenceBatch, epoch: int, num_responses: int
+                     ) -> StepLogps:
+    """Reference sums of one batch, laid out like ``score_batch``'s output, from the cache."""
+    summed = torch.empty(num_responses)
+    noise = torch.zeros(num_responses) if cache["noise"].numel() else None
+    for pos, (c, r) in zip(_pair_rows(batch), batch.pairs.tolist()):
+        rec = batch.records[pos]
+        summed[c] = cache["chosen"][rec]
+        summed[r] = cache["rejected"][rec, r - c - 1]
+        if noise is not None:
+            noise[c] = cache["noise"][epoch, rec]
+    return StepLogps(summed, torch.empty(0), noise)
+
+
+def train_preference(policy: torch.nn.Module, batches: PreferenceBatches, objective: PreferenceObjective,
+                     reference: Reference, cfg: LoopConfig, out_dir: str | os.PathLike, *, seed: int,
+                     resume: bool = False) -> list[dict]:
+    """Run the preference objective through the shared loop (same checkpoints, resume, NaN guard)."""
+    device = next(policy.parameters()).device
+
+    def micro_step(step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
+        index = step * cfg.grad_accum + micro
+        batch = batches.batch(index)
+        epoch = batches.epoch_of(index)
+        images01 = batches.bank.get01(batch.files).to(device)
+        clean = batches.bank.normalize(images01).to(policy.dtype)
+        noised = None
+        if objective.stage == 2:
+            keys = [noise_seed(seed, epoch, r) for r in batch.records]
+            noised = noised_pixels(batches.bank, images01, keys, objective.noise_step).to(policy.dtype)
+        if reference.mode == "precomputed":
+            ref = cached_reference(reference.cache, batch, epoch, batch.scored.num_responses)
+        else:
+            ref = reference_logps(policy, reference, batch, clean, noised)
+        argmax = noise_argmax(policy, batch.chosen_only, noised) if noised is not None else None
+        pol = score_batch(policy, batch, clean, argmax)
+        loss, metrics = preference_loss(objective, batch, pol, ref)
+        metrics["batch"] = f"micro-batch {index}, records {batch.records}"
+        return loss, metrics
+
+    return train_loop(policy, micro_step, cfg, out_dir, resume=resume, desc=f"dpo stage {objective.stage}")
+
+
+def load_reference_cache(path: str | os.PathLike, *, seed: int, stage: int, records: int) -> dict[str, torch.Tensor]:
+    """Load a cache written by ``precompute_reference``; refuse one made for other data or settings."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    want = {"seed": str(seed), "stage": str(stage), "records": str(records)}
+    if any(meta.get(k) != v for k, v in want.items()):
+        raise ValueError(f"{path}: reference cache made for {meta}, not {want}")
+    return load_file(str(path))

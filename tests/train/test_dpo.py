@@ -1,0 +1,103 @@
+"""DPO / POVID steps on the packed forward, against plain full-logit transcriptions."""
+
+import math
+
+import pytest
+import torch
+
+from halluremedy.data.conversation import ConversationEncoder
+from halluremedy.data.images import ImageBank
+from halluremedy.data.preference import PreferenceRecord
+from halluremedy.models.lora import add_lora
+from halluremedy.train.dpo import (PreferenceBatches, PreferenceObjective, Reference, cached_reference,
+                                   noise_argmax, noise_seed, noised_pixels, precompute_reference, preference_loss,
+                                   reference_logps, score_batch)
+
+PROMPT = "Describe this image."
+
+
+def _records(ds):
+    recs = []
+    for k, im in enumerate(ds.images):
+        truth = im.captions[0]
+        rejected = (truth.replace("square", "circle"),) if k % 2 else (truth.replace("a ", "a green ", 1),
+                                                                      truth + " and a bar")
+        recs.append(PreferenceRecord(str(k), im.file_name, PROMPT, truth, rejected))
+    return recs
+
+
+@pytest.fixture
+def setup(tiny_coco, tiny_llava_factory):
+    model, processor = tiny_llava_factory(5)
+    encoder = ConversationEncoder(processor.tokenizer, 16)
+    bank = ImageBank(tiny_coco, processor.image_processor)
+    records = _records(tiny_coco)
+    return model, records, encoder, PreferenceBatches(records, encoder, bank, 3, seed=0)
+
+
+def _full_logprobs(model, encoder, bank, record, answer, pixel):
+    """Plain transcription: one unpacked sequence, full logits, log_softmax, gather."""
+    prompt = encoder.prompt_ids(record.prompt, first=True)
+    resp = encoder.response_ids(answer)
+    ids = torch.tensor([prompt + resp])
+    logits = model(input_ids=ids, pixel_values=pixel).logits[0].double()
+    logp = logits.log_softmax(-1)[len(prompt) - 1:-1]  # rows predicting the response tokens
+    return logp, torch.tensor(resp)
+
+
+def test_scores_and_noise_argmax_match_full_logit_transcription(setup):
+    model, all_records, encoder, batches = setup
+    model.eval()
+    batch = batches.batch(0)
+    bank = batches.bank
+    images01 = bank.get01(batch.files)
+    clean = bank.normalize(images01)
+    noised = noised_pixels(bank, images01, [noise_seed(0, 0, r) for r in batch.records], 500)
+    with torch.no_grad():
+        argmax = noise_argmax(model, batch.chosen_only, noised)
+        got = score_batch(model, batch, clean, argmax)
+        records = [all_records[r] for r in batch.records]
+        offset = 0
+        for b, rec in enumerate(records):
+            logp_noised, resp = _full_logprobs(model, encoder, bank, rec, rec.chosen, noised[b:b + 1])
+            a = logp_noised.argmax(-1)
+            assert torch.equal(argmax[offset:offset + len(resp)], a)
+            offset += len(resp)
+            logp, resp = _full_logprobs(model, encoder, bank, rec, rec.chosen, clean[b:b + 1])
+            c = int(batch.chosen_index[b])
+            assert got.summed[c].item() == pytest.approx(logp.gather(1, resp[:, None]).sum().item(), abs=1e-4)
+            assert got.noise[c].item() == pytest.approx(logp.gather(1, a[:, None]).sum().item(), abs=1e-4)
+            for j, rej in enumerate(rec.rejected):
+                logp_r, resp_r = _full_logprobs(model, encoder, bank, rec, rej, clean[b:b + 1])
+                assert got.summed[c + 1 + j].item() == pytest.approx(logp_r.gather(1, resp_r[:, None]).sum().item(),
+                                                                     abs=1e-4)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_lora_at_init_gives_log2_and_cache_matches_live_reference(setup, stage, tmp_path):
+    model, _, _, batches = setup
+    policy = add_lora(model, r=4, alpha=8, dropout=0.0)
+    objective = PreferenceObjective(stage=stage, beta=0.1)
+    reference = Reference("adapter")
+    batch = batches.batch(1)
+    images01 = batches.bank.get01(batch.files)
+    clean = batches.bank.normalize(images01)
+    noised = None
+    if stage == 2:
+        noised = noised_pixels(batches.bank, images01, [noise_seed(7, 0, r) for r in batch.records], 500)
+    ref = reference_logps(policy, reference, batch, clean, noised)
+    argmax = noise_argmax(policy, batch.chosen_only, noised) if noised is not None else None
+    pol = score_batch(policy, batch, clean, argmax)
+    loss, metrics = preference_loss(objective, batch, pol, ref)
+    # LoRA B = 0: policy == reference, every margin is 0, each sigmoid DPO term is log 2
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-5)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in policy.named_parameters() if "lora" in n)
+
+    with policy.disable_adapter():
+        cache = precompute_reference(policy, batches, objective, epochs=1, seed=7, path=tmp_path / "ref.safetensors",
+                                     batch_size=2)
+    cached = cached_reference(cache, batch, 0, batch.scored.num_responses)
+    torch.testing.assert_close(cached.summed, ref.summed, atol=1e-4, rtol=0)
+    if stage == 2:
+        torch.testing.assert_close(cached.noise[batch.chosen_index], ref.noise[batch.chosen_index], atol=1e-4, rtol=0)
