@@ -195,6 +195,8 @@ def packed_hidden_states(model: nn.Module, packed: PackedBatch, pixel_values: to
     Switches the decoder to the packed attention implementation (see ``enable_packed_attention``).
     Move ``packed`` to the device once (``packed.to(device)``) so every forward reuses its SDPA mask.
     """
+    if backend not in ("auto", "sdpa", "varlen"):
+        raise ValueError(f"backend must be 'auto', 'sdpa' or 'varlen', got {backend!r}")
     llava, _ = llava_parts(model)
     enable_packed_attention(llava.language_model)
     device = pixel_values.device

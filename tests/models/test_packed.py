@@ -125,6 +125,9 @@ def test_hand_built_pack_layout():
     assert p.varlen.kv_index.tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 5, 6, 7, 8, 9]
     assert (p.varlen.max_seqlen_q, p.varlen.max_seqlen_k) == (5, 5)
     assert p.varlen.cu_seqlens_q.dtype == p.varlen.cu_seqlens_k.dtype == torch.int32
+    assert p.to("cpu") is p
+    moved = p.to("meta")
+    assert moved.targets.device.type == moved.varlen.kv_index.device.type == "meta" and p.device.type == "cpu"
 
 
 def test_hand_built_block_mask():
@@ -295,6 +298,8 @@ def test_varlen_backend_refuses_without_flash_attn(mha, monkeypatch):
     packed = pack_groups(*groups(enc))
     with pytest.raises(RuntimeError, match="flash-attn"), torch.no_grad():
         packed_hidden_states(model, packed, images(3), backend="varlen")
+    with pytest.raises(ValueError, match="backend"):
+        packed_hidden_states(model, packed, images(3), backend="flash")
 
 
 def test_vision_tower_runs_once_per_distinct_image(mha):
