@@ -1,0 +1,106 @@
+"""POVID's stages as reusable steps: one preference stage from a model directory to a merged model
+directory, and the continued-SFT control with the same data and budget."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from halluremedy.data.coco import CocoDataset, write_json_atomic
+from halluremedy.data.conversation import Conversation, ConversationEncoder, Turn
+from halluremedy.data.images import ImageBank
+from halluremedy.data.preference import PreferenceRecord
+from halluremedy.models.llava import image_seq_length, load_model, save_model
+from halluremedy.models.lora import add_lora, merge_lora
+from halluremedy.train.dpo import (PreferenceBatches, PreferenceObjective, Reference, load_reference_cache,
+                                   precompute_reference, train_preference)
+from halluremedy.train.loop import LoopConfig, plot_metrics
+from halluremedy.train.sft import SupervisedBatches, train_sft
+
+
+@dataclass(frozen=True)
+class TuningSpec:
+    """How the model is adapted and optimised in one stage (POVID: LoRA r128/a256/d0.05)."""
+
+    steps: int = 200
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-4
+    warmup_ratio: float = 0.03
+    lora: bool = True
+    lora_r: int = 128
+    lora_alpha: int = 256
+    lora_dropout: float = 0.05
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+    def loop(self) -> LoopConfig:
+        return LoopConfig(steps=self.steps, lr=self.lr, warmup_ratio=self.warmup_ratio, grad_accum=self.grad_accum,
+                          log_every=max(1, self.steps // 50), save_every=max(1, self.steps // 4))
+
+
+def _prepare(model_dir: str | os.PathLike, dataset: CocoDataset, spec: TuningSpec, device: str):
+    model, processor = load_model(model_dir, device=device)
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    bank = ImageBank(dataset, processor.image_processor)
+    encoder = ConversationEncoder(processor.tokenizer, image_seq_length(model),
+                                  max_length=model.config.text_config.max_position_embeddings)
+    torch.manual_seed(spec.seed)
+    if spec.lora:
+        model = add_lora(model, spec.lora_r, spec.lora_alpha, spec.lora_dropout)
+    return model, processor, bank, encoder
+
+
+def _finish(model, processor, out_dir: Path, spec: TuningSpec, keys: list[str], extra: dict) -> Path:
+    plot_metrics(out_dir, keys)
+    merged = merge_lora(model) if spec.lora else model
+    save_model(merged, processor, out_dir / "model")
+    write_json_atomic(out_dir / "recipe.json", {"tuning": asdict(spec), **extra}, indent=2)
+    return out_dir / "model"
+
+
+def run_preference_stage(model_dir: str | os.PathLike, records: list[PreferenceRecord], dataset: CocoDataset,
+                         out_dir: str | os.PathLike, objective: PreferenceObjective, spec: TuningSpec, *,
+                         reference: str = "adapter", device: str = "cpu", resume: bool = False) -> Path:
+    """Train one DPO/POVID stage from ``model_dir``; returns ``OUT/model`` (adapters merged, HF layout)."""
+    out_dir = Path(out_dir)
+    if (out_dir / "model" / "config.json").exists() and resume:
+        return out_dir / "model"
+    model, processor, bank, encoder = _prepare(model_dir, dataset, spec, device)
+    if reference == "adapter" and not spec.lora:
+        raise ValueError("reference='adapter' needs LoRA; use 'copy' or 'precomputed' for a full fine-tune")
+    batches = PreferenceBatches(records, encoder, bank, spec.batch_size, spec.seed)
+    ref = Reference(reference, model)
+    if reference == "precomputed":
+        epochs = -(-spec.steps * spec.grad_accum * spec.batch_size // len(records))
+        path = out_dir / "reference_logps.safetensors"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if resume and path.exists():
+            ref.cache = load_reference_cache(path, seed=spec.seed, stage=objective.stage, records=len(records))
+        else:
+            scope = model.disable_adapter() if spec.lora else contextlib.nullcontext()
+            with scope:
+                ref.cache = precompute_reference(model, batches, objective, epochs, spec.seed, path)
+    train_preference(model, batches, objective, ref, spec.loop(), out_dir, seed=spec.seed, resume=resume)
+    keys = ["loss", "rewards/accuracy", "rewards/margin"] if objective.stage == 1 else \
+        ["loss", "text/rewards/margin", "noise/rewards/margin", "text/rewards/accuracy", "noise/rewards/accuracy"]
+    return _finish(model, processor, out_dir, spec, keys + ["lr"],
+                   {"objective": asdict(objective), "reference": reference, "from": str(model_dir)})
+
+
+def run_sft_control(model_dir: str | os.PathLike, records: list[PreferenceRecord], dataset: CocoDataset,
+                    out_dir: str | os.PathLike, spec: TuningSpec, *, device: str = "cpu", resume: bool = False) -> Path:
+    """The control every remedy must beat: continued SFT on the chosen answers, same data and budget."""
+    out_dir = Path(out_dir)
+    if (out_dir / "model" / "config.json").exists() and resume:
+        return out_dir / "model"
+    model, processor, bank, encoder = _prepare(model_dir, dataset, spec, device)
+    conversations = [Conversation(r.image, (Turn(r.prompt, r.chosen),), r.id) for r in records]
+    batches = SupervisedBatches(conversations, encoder, bank, spec.batch_size, spec.seed)
+    train_sft(model, batches, spec.loop(), out_dir, resume=resume)
+    return _finish(model, processor, out_dir, spec, ["loss", "lr"], {"control": "sft-on-chosen", "from": str(model_dir)})

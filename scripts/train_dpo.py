@@ -1,0 +1,132 @@
+"""POVID on a LLaVA model: stage 1 (text-hallucination DPO), stage 2 (+ noise-triggered DPO), evaluation.
+
+With no arguments it runs the embedded default end to end on a CPU: the scene world and a tiny base
+model (built if absent), rule-based hallucination pairs, stage 1, stage 2, then CHAIR and POPE
+before and after on held-out scenes::
+
+    python scripts/train_dpo.py
+    python scripts/train_dpo.py --control          # also the continued-SFT control, same data and budget
+    python scripts/train_dpo.py --config my.yaml --stage2-steps 400
+
+A real checkpoint and dataset (local paths only; nothing is downloaded)::
+
+    python scripts/train_dpo.py --model /ckpt/llava-1.5-7b-hf --data /data/coco --split train2014 \\
+        --pairs povid_17k.jsonl --eval-split val2014 --device cuda --batch-size 1 --grad-accum 16 \\
+        --lr 1e-7 --gradient-checkpointing
+
+``--pairs`` takes POVID's LLaVA-conversation JSON(L) or TRL-style {prompt, chosen, rejected, images}.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from halluremedy.config import option, parse_config
+from halluremedy.data.coco import CocoDataset, write_json_atomic
+from halluremedy.data.preference import load_preferences, write_preferences
+from halluremedy.eval.run import EvalConfig, evaluate, format_table, summary_row
+from halluremedy.generate.injector import RuleBasedEditor
+from halluremedy.generate.pairs import generate_preference_pairs
+from halluremedy.models.generate import Decoding
+from halluremedy.models.llava import load_model
+from halluremedy.pipeline import ensure_base_model, ensure_scene_data
+from halluremedy.train.dpo import PreferenceObjective
+from halluremedy.train.povid import TuningSpec, run_preference_stage, run_sft_control
+
+
+@dataclass(frozen=True)
+class DPORecipe:
+    model: str = option("", "base LLaVA directory; empty: the embedded tiny scene model (trained if absent)")
+    data: str = option("runs/scenes", "COCO-format root holding the images (scene world generated if absent)")
+    split: str = option("train", "split whose images the pairs use (and that pairs are generated from)")
+    pairs: str = option("", "preference JSON(L); empty: rule-based hallucination edits of SPLIT's captions")
+    skip_invalid: bool = option(False, "skip malformed preference records (counted) instead of stopping")
+    eval_split: str = option("val", "held-out split for CHAIR / POPE")
+    out: str = option("runs/povid", "output directory")
+    stages: str = option("1,2", "stages to run: '1', '2' or '1,2' (stage 2 starts from stage 1's merged model)")
+    stage1_steps: int = option(120, "optimiser steps of stage 1")
+    stage2_steps: int = option(120, "optimiser steps of stage 2")
+    batch_size: int = option(16, "preference records per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimiser step")
+    lr: float = option(2e-4, "peak learning rate (cosine, 3% warmup); POVID used 1e-7 on 7B")
+    beta: float = option(0.1, "DPO beta")
+    loss_type: str = option("sigmoid", "stage-1 loss: sigmoid | ipo | hinge")
+    label_smoothing: float = option(0.0, "cDPO label smoothing (sigmoid only)")
+    nll_alpha: float = option(1.0, "RPO term: + alpha * mean token NLL of the chosen answer (0 = off)")
+    noise_step: int = option(500, "diffusion step k of the noised image (sigmoid schedule, T=1000)")
+    weight_text: float = option(0.5, "stage-2 weight of the text-hallucination DPO term")
+    weight_noise: float = option(0.5, "stage-2 weight of the noise-triggered DPO term")
+    lora: bool = option(True, "train LoRA adapters (else a full fine-tune)")
+    lora_r: int = option(128, "LoRA rank")
+    lora_alpha: int = option(256, "LoRA alpha")
+    lora_dropout: float = option(0.05, "LoRA dropout")
+    reference: str = option("adapter", "reference log-probs: adapter (LoRA disabled) | copy | precomputed")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward (large models)")
+    control: bool = option(False, "also train the continued-SFT control on the chosen answers")
+    seed: int = option(0, "seed for adapters, data order, noise and sampled evaluation")
+    eval_images: int = option(500, "held-out images for CHAIR and POPE (0: skip evaluation)")
+    device: str = option("cpu", "cpu | cuda")
+    resume: bool = option(False, "reuse finished stages and continue an interrupted one")
+
+
+def main() -> None:
+    cfg = parse_config(DPORecipe, __doc__)
+    out = Path(cfg.out)
+    if cfg.model:
+        base_dir = Path(cfg.model)
+        train, heldout = CocoDataset.load(cfg.data, cfg.split), CocoDataset.load(cfg.data, cfg.eval_split)
+    else:
+        train, heldout = ensure_scene_data(cfg.data)
+        base_dir = ensure_base_model(train, Path(cfg.data).parent / "base")
+
+    if cfg.pairs:
+        records, errors = load_preferences(cfg.pairs, known_images={im.file_name for im in train.images},
+                                           skip_invalid=cfg.skip_invalid)
+        if errors:
+            print(f"skipped {len(errors)} invalid preference records, first: {errors[0]}")
+    else:
+        generation = generate_preference_pairs(train, RuleBasedEditor.for_dataset(train), seed=cfg.seed, progress=True)
+        records = generation.records
+        write_preferences(out / "pairs.jsonl", records)
+        print(generation.summary())
+
+    spec = TuningSpec(batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr, lora=cfg.lora,
+                      lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed)
+    objective = PreferenceObjective(loss_type=cfg.loss_type, beta=cfg.beta, label_smoothing=cfg.label_smoothing,
+                                    nll_alpha=cfg.nll_alpha, noise_step=cfg.noise_step, weight_text=cfg.weight_text,
+                                    weight_noise=cfg.weight_noise)
+    stages = [int(s) for s in cfg.stages.split(",")]
+    models = {"base": base_dir}
+    current = base_dir
+    for stage in stages:
+        steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
+        current = run_preference_stage(current, records, train, out / f"stage{stage}",
+                                       replace(objective, stage=stage), replace(spec, steps=steps),
+                                       reference=cfg.reference, device=cfg.device, resume=cfg.resume)
+        models[f"stage{stage}"] = current
+    if cfg.control:
+        steps = sum(cfg.stage1_steps if s == 1 else cfg.stage2_steps for s in stages)
+        models["sft-control"] = run_sft_control(base_dir, records, train, out / "sft_control", replace(spec, steps=steps),
+                                                device=cfg.device, resume=cfg.resume)
+
+    if cfg.eval_images:
+        eval_cfg = EvalConfig(chair_images=cfg.eval_images, pope_images=cfg.eval_images, seed=cfg.seed,
+                              caption_decodings=(Decoding(0.0, 64, cfg.seed), Decoding(1.0, 64, cfg.seed)))
+        rows, results = {}, {}
+        for name, path in models.items():
+            model, processor = load_model(path, device=cfg.device)
+            results[name] = evaluate(model, processor, heldout, eval_cfg)
+            rows[name] = summary_row(results[name])
+        write_json_atomic(out / "eval.json", {"recipe": asdict(cfg), "results": results}, indent=2)
+        table = format_table(rows)
+        (out / "eval.md").write_text(table + "\n")
+        print(table)
+        print(f"full results: {out / 'eval.json'}")
+    print(json.dumps({k: str(v) for k, v in models.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
