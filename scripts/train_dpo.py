@@ -31,7 +31,7 @@ from halluremedy.generate.injector import RuleBasedEditor
 from halluremedy.generate.pairs import generate_preference_pairs
 from halluremedy.models.generate import Decoding
 from halluremedy.models.llava import load_model
-from halluremedy.pipeline import ensure_base_model, ensure_scene_data
+from halluremedy.pipeline import BaseTrainSpec, SceneDataSpec, ensure_base_model, ensure_scene_data
 from halluremedy.train.dpo import PreferenceObjective
 from halluremedy.train.povid import TuningSpec, run_preference_stage, run_sft_control
 
@@ -44,6 +44,10 @@ class DPORecipe:
     pairs: str = option("", "preference JSON(L); empty: rule-based hallucination edits of SPLIT's captions")
     skip_invalid: bool = option(False, "skip malformed preference records (counted) instead of stopping")
     eval_split: str = option("val", "held-out split for CHAIR / POPE")
+    base_out: str = option("runs/base", "embedded default only: where the tiny base model is (trained if absent)")
+    base_steps: int = option(BaseTrainSpec.steps, "embedded default only: SFT steps of the tiny base")
+    scene_train_images: int = option(SceneDataSpec.n_train, "embedded default only: scene-world training images")
+    scene_heldout_images: int = option(SceneDataSpec.n_heldout, "embedded default only: held-out images")
     out: str = option("runs/povid", "output directory")
     stages: str = option("1,2", "stages to run: '1', '2' or '1,2' (stage 2 starts from stage 1's merged model)")
     stage1_steps: int = option(120, "optimiser steps of stage 1")
@@ -78,8 +82,9 @@ def main() -> None:
         base_dir = Path(cfg.model)
         train, heldout = CocoDataset.load(cfg.data, cfg.split), CocoDataset.load(cfg.data, cfg.eval_split)
     else:
-        train, heldout = ensure_scene_data(cfg.data)
-        base_dir = ensure_base_model(train, Path(cfg.data).parent / "base")
+        train, heldout = ensure_scene_data(cfg.data, SceneDataSpec(n_train=cfg.scene_train_images,
+                                                                   n_heldout=cfg.scene_heldout_images))
+        base_dir = ensure_base_model(train, cfg.base_out, BaseTrainSpec(steps=cfg.base_steps, seed=cfg.seed))
 
     if cfg.pairs:
         records, errors = load_preferences(cfg.pairs, known_images={im.file_name for im in train.images},
