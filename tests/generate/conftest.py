@@ -74,7 +74,7 @@ def stub_endpoint() -> Iterator[StubEndpoint]:
 
     server = QuietServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     endpoint.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     try:
