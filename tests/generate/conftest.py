@@ -52,7 +52,7 @@ def stub_endpoint() -> Iterator[StubEndpoint]:
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with lock:
                 endpoint.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
