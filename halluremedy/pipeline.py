@@ -58,7 +58,7 @@ def scene_model_texts() -> list[str]:
 
 @dataclass(frozen=True)
 class BaseTrainSpec:
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 64
     lr: float = 3e-3
     warmup_ratio: float = 0.03
