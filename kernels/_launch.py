@@ -14,23 +14,25 @@ from typing import Any, Literal
 
 import torch
 import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
 
 Impl = Literal["triton", "torch"]
 
-# ``@triton.jit`` reads TRITON_INTERPRET when a kernel is *defined*, i.e. when this package is
-# imported, so the snapshot taken here is the mode every kernel of the package was built in.
-INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
+# ``@triton.jit`` reads TRITON_INTERPRET when a function is *defined*: triton.language's own
+# functions when triton is first imported, this package's kernels when it is imported. Kernels can
+# run on the CPU only if both were built interpreted.
+INTERPRETED: bool = bool(triton.knobs.runtime.interpret) and isinstance(tl.zeros, InterpretedFunction)
 
 
 @dataclass(frozen=True)
 class Launch:
-    """One kernel launch: ``kernel[grid](**args, num_warps=num_warps, num_stages=num_stages)``."""
+    """One kernel launch: ``kernel[grid](**args, **options)``."""
 
     kernel: Any
     grid: tuple[int, ...]
     args: dict[str, Any]
-    num_warps: int
-    num_stages: int
+    options: dict[str, Any]
 
 
 _captured: list[Launch] | None = None
@@ -52,18 +54,23 @@ def capture_launches() -> Iterator[list[Launch]]:
 
 
 def launch(kernel: Any, grid: tuple[int, ...], *, num_warps: int, num_stages: int, **args: Any) -> None:
-    """Run ``kernel`` on ``grid`` (or record it inside :func:`capture_launches`)."""
+    """Run ``kernel`` on ``grid`` (or record it inside :func:`capture_launches`).
+
+    FMA contraction is requested explicitly so the numerics do not move with Triton's default
+    (enabled up to 3.9, announced to flip in 3.10).
+    """
+    options = {"num_warps": num_warps, "num_stages": num_stages, "enable_fp_fusion": True}
     if _captured is not None:
-        _captured.append(Launch(kernel, grid, args, num_warps, num_stages))
+        _captured.append(Launch(kernel, grid, args, options))
         return
-    kernel[grid](**args, num_warps=num_warps, num_stages=num_stages)
+    kernel[grid](**args, **options)
 
 
 def resolve_impl(impl: str, tensor: torch.Tensor) -> Impl:
     """Map ``impl`` in {"auto", "triton", "torch"} to the backend that will run on ``tensor``.
 
     ``"auto"`` is Triton for CUDA tensors and torch otherwise. ``"triton"`` on a CPU tensor needs
-    ``TRITON_INTERPRET=1`` in the environment before ``vlm_kernels`` is imported.
+    ``TRITON_INTERPRET=1`` in the environment before triton is first imported.
     """
     if impl == "auto":
         return "triton" if tensor.is_cuda else "torch"
@@ -73,7 +80,7 @@ def resolve_impl(impl: str, tensor: torch.Tensor) -> Impl:
         raise ValueError(f"impl must be 'auto', 'triton' or 'torch', got {impl!r}")
     if not (tensor.is_cuda or INTERPRETED or _captured is not None):
         raise ValueError(
-            "impl='triton' on a CPU tensor needs TRITON_INTERPRET=1 set before vlm_kernels is imported"
+            "impl='triton' on a CPU tensor needs TRITON_INTERPRET=1 set before triton is first imported"
         )
     return "triton"
 

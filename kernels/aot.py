@@ -94,7 +94,7 @@ def compile_launch(launch: Launch, arch: int) -> CompiledKernel:
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
     kernel = launch.kernel
-    kwargs = {**launch.args, "num_warps": launch.num_warps, "num_stages": launch.num_stages}
+    kwargs = {**launch.args, **launch.options}
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     bound_args, specialization, options = binder(**kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound_args, specialization, options)
@@ -146,8 +146,7 @@ def main(argv: list[str]) -> None:
                     "kernel": compiled.name,
                     "arch": arch,
                     "grid": launch.grid,
-                    "num_warps": launch.num_warps,
-                    "num_stages": launch.num_stages,
+                    **launch.options,
                     "constexprs": {p.name: launch.args[p.name] for p in launch.kernel.params if p.is_constexpr},
                     **resource_usage(compiled),
                 }
