@@ -18,6 +18,7 @@ gradient buffers the step allocates (the 31 MiB weight gradient is common to all
 Run: ``pytest bench/ --benchmark-only``; or ``python bench/bench_linear_logprob.py PROVIDER`` for
 one provider's peak in MiB.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -30,7 +31,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from vlm_kernels import linear_logprob, linear_logprob_reference
 
 PAIRS, SEQ, DIM, VOCAB, RESPONSE_FRACTION, BETA = 2, 512, 256, 32000, 0.10, 0.1

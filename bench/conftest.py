@@ -4,6 +4,7 @@ Run as ``pytest bench/ --benchmark-only``. A benchmark records its numbers with 
 ``bench_report`` fixture; the terminal summary then prints every provider against the group's
 baseline provider, measured side by side in the same run.
 """
+
 from __future__ import annotations
 
 from fnmatch import fnmatch
@@ -17,8 +18,10 @@ _REPORT = pytest.StashKey[dict[str, dict[str, Any]]]()
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Module | None:
     patterns = parent.config.getini("python_files")
-    if file_path.name.startswith("bench_") and file_path.suffix == ".py" and not any(
-        fnmatch(file_path.name, p) for p in patterns
+    if (
+        file_path.name.startswith("bench_")
+        and file_path.suffix == ".py"
+        and not any(fnmatch(file_path.name, p) for p in patterns)
     ):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
@@ -42,9 +45,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         for provider, values in rows.items():
             cells = [provider]
             cells += [f"{values[m]:.4g}" if values.get(m) is not None else "-" for m in metrics]
-            cells += [
-                f"{values[m] / base[m]:.2f}x" if values.get(m) is not None and base[m] else "-" for m in metrics
-            ]
+            cells += [f"{values[m] / base[m]:.2f}x" if values.get(m) is not None and base[m] else "-" for m in metrics]
             terminalreporter.line(" | ".join(cells))
         if "note" in entry:
             terminalreporter.line(entry["note"])

@@ -13,6 +13,7 @@ atomic throughput rather than HBM bytes, and the floor does not include them.
 
 Run: ``python bench/static_report.py [N_ROWS]`` with TRITON_INTERPRET unset.
 """
+
 from __future__ import annotations
 
 import sys
@@ -20,7 +21,6 @@ from typing import Any
 
 import torch
 import triton
-
 from vlm_kernels._launch import Launch
 from vlm_kernels._vocab import StreamConfig, TileConfig, vocab_split
 from vlm_kernels.aot import compile_launch, dispatcher_launches, resource_usage

@@ -3,6 +3,7 @@
 Every op has a Triton path (CUDA tensors, or CPU under ``TRITON_INTERPRET=1``) and a plain-torch
 path with the same signature, picked by ``impl="auto" | "triton" | "torch"``.
 """
+
 # This folder is also importable as ``kernels`` whenever the repository root is on sys.path
 # (``python -m pytest`` run from it), and transformers probes that name for Hugging Face's
 # ``kernels`` package. Under that name the module stays empty: no torch or Triton import (Triton

@@ -5,6 +5,7 @@ Every launcher in this package calls :func:`launch` instead of ``kernel[grid](..
 ``num_warps``/``num_stages``) without running them, which is what the ahead-of-time compile check
 and the static GPU report in :mod:`vlm_kernels.aot` are built on.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -79,9 +80,7 @@ def resolve_impl(impl: str, tensor: torch.Tensor) -> Impl:
     if impl != "triton":
         raise ValueError(f"impl must be 'auto', 'triton' or 'torch', got {impl!r}")
     if not (tensor.is_cuda or INTERPRETED or _captured is not None):
-        raise ValueError(
-            "impl='triton' on a CPU tensor needs TRITON_INTERPRET=1 set before triton is first imported"
-        )
+        raise ValueError("impl='triton' on a CPU tensor needs TRITON_INTERPRET=1 set before triton is first imported")
     return "triton"
 
 

@@ -5,6 +5,7 @@ program computes ``(BLOCK_N, BLOCK_V)`` logits tiles in registers with :func:`lo
 reduces them on the spot. This module holds the tile configuration, that helper, the rule that
 splits the vocabulary between programs, and the input checks both ops share.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -149,7 +150,9 @@ def prepare_inputs(
     they must already share a dtype. The results are contiguous.
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"expected hidden (N, D) and weight (V, D), got {tuple(hidden.shape)} and {tuple(weight.shape)}")
+        raise ValueError(
+            f"expected hidden (N, D) and weight (V, D), got {tuple(hidden.shape)} and {tuple(weight.shape)}"
+        )
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"expected bias of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     device_type = hidden.device.type

@@ -10,6 +10,7 @@ at. :func:`compile_launch` compiles one captured launch for ``GPUTarget("cuda", 
 Kernels must be JIT functions here: run with ``TRITON_INTERPRET`` unset, e.g.
 ``python -m vlm_kernels.aot 80 90``, which prints one JSON line per (kernel case, arch).
 """
+
 from __future__ import annotations
 
 import json
@@ -90,7 +91,11 @@ def dispatcher_launches(full: bool = False) -> list[Case]:
 
 
 def compile_launch(launch: Launch, arch: int) -> CompiledKernel:
-    """Compile ``launch`` for ``sm_<arch>`` with the argument specialisation the JIT would use."""
+    """Compile ``launch`` for ``sm_<arch>`` with the argument specialisation the JIT would use.
+
+    Mirrors ``JITFunction.run`` (binder, then ``_pack_args``), private Triton API checked against
+    Triton 3.9: the integer/pointer divisibility attributes then match what a real launch compiles.
+    """
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
     kernel = launch.kernel
@@ -116,7 +121,15 @@ def resource_usage(compiled: CompiledKernel) -> dict[str, int]:
         src = Path(tmp, "kernel.ptx")
         src.write_text(ptx)
         log = subprocess.run(
-            [get_ptxas(arch).path, "-v", "--regAllocOptLevel=2", f"--gpu-name={gpu_name}", str(src), "-o", str(Path(tmp, "k.o"))],
+            [
+                get_ptxas(arch).path,
+                "-v",
+                "--regAllocOptLevel=2",
+                f"--gpu-name={gpu_name}",
+                str(src),
+                "-o",
+                str(Path(tmp, "k.o")),
+            ],
             check=True,
             capture_output=True,
             text=True,

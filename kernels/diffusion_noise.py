@@ -7,6 +7,7 @@ with ``eps ~ N(0, 1)`` and ``abar`` the cumulative product of ``1 - beta`` of a 
 pixel once and writes it once; its ``eps`` is Philox (``tl.randn``) at (seed, flat element index),
 so the output is a pure function of the seed and the element, whatever the launch grid.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

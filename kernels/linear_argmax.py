@@ -6,6 +6,7 @@ only its index is used (no gradient). The Triton path streams vocabulary tiles e
 slice) grid, and the slices are merged afterwards. Ties go to the smallest index, as in
 ``torch.argmax``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -51,8 +52,22 @@ def _linear_argmax_kernel(
         col0 = (first_tile + t) * BLOCK_V
         cols = col0 + tl.arange(0, BLOCK_V)
         logits = logits_tile(
-            hidden_ptr, weight_ptr, bias_ptr, rows, row_mask, cols, V, D, stride_h, stride_w,
-            HAS_BIAS, UPCAST_DOT, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_D,
+            hidden_ptr,
+            weight_ptr,
+            bias_ptr,
+            rows,
+            row_mask,
+            cols,
+            V,
+            D,
+            stride_h,
+            stride_w,
+            HAS_BIAS,
+            UPCAST_DOT,
+            DOT_PRECISION,
+            BLOCK_N,
+            BLOCK_V,
+            BLOCK_D,
         )
         tile_max, tile_idx = tl.max(logits, axis=1, return_indices=True, return_indices_tie_break_left=True)
         better = tile_max > best  # strict: an earlier tile keeps ties

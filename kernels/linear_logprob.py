@@ -14,6 +14,7 @@ the slices' partial results are merged on the host side of the launch. The backw
 right away, accumulating ``d_hidden`` and ``d_weight`` with fp32 atomics: no ``(N, V)`` buffer.
 Torch path (CPU, fallback): the same function over row chunks, recomputing logits in backward.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -77,8 +78,22 @@ def _linear_logprob_forward_kernel(
     for t in range(n_tiles):
         cols = (first_tile + t) * BLOCK_V + tl.arange(0, BLOCK_V)
         logits = logits_tile(
-            hidden_ptr, weight_ptr, bias_ptr, rows, row_mask, cols, V, D, stride_h, stride_w,
-            HAS_BIAS, UPCAST_DOT, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_D,
+            hidden_ptr,
+            weight_ptr,
+            bias_ptr,
+            rows,
+            row_mask,
+            cols,
+            V,
+            D,
+            stride_h,
+            stride_w,
+            HAS_BIAS,
+            UPCAST_DOT,
+            DOT_PRECISION,
+            BLOCK_N,
+            BLOCK_V,
+            BLOCK_D,
         )
         new_max = tl.maximum(running_max, tl.max(logits, axis=1))
         running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
@@ -146,8 +161,22 @@ def _linear_logprob_backward_kernel(
     col_mask = cols < V
 
     logits = logits_tile(
-        hidden_ptr, weight_ptr, bias_ptr, rows, row_mask, cols, V, D, stride_h, stride_w,
-        HAS_BIAS, UPCAST_DOT, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_D,
+        hidden_ptr,
+        weight_ptr,
+        bias_ptr,
+        rows,
+        row_mask,
+        cols,
+        V,
+        D,
+        stride_h,
+        stride_w,
+        HAS_BIAS,
+        UPCAST_DOT,
+        DOT_PRECISION,
+        BLOCK_N,
+        BLOCK_V,
+        BLOCK_D,
     )
     d_logits = -tl.sum(grad, axis=1)[:, None] * tl.exp(logits - lse[:, None])
     for k in tl.static_range(K):

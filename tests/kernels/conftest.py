@@ -12,6 +12,7 @@ tests/kernels``). This leaves the environment of other test directories untouche
 Check functions are passed by reference, so they live at module level in the test files, which
 the helper imports by name (pytest's default ``prepend`` import mode puts this folder on sys.path).
 """
+
 from __future__ import annotations
 
 import multiprocessing

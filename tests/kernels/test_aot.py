@@ -1,4 +1,5 @@
 """Every kernel compiles for sm_80 and sm_90 with the launches the dispatcher makes; package hygiene."""
+
 from __future__ import annotations
 
 import subprocess

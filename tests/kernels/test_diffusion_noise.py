@@ -1,9 +1,9 @@
 """diffusion_noise: the schedule is diffusers', the formula is exact, the noise is seeded N(0, 1)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from vlm_kernels import diffusion_noise, povid_noise_schedule
 from vlm_kernels.diffusion_noise import apply_noise, noise_coefficients
 

@@ -1,9 +1,9 @@
 """linear_argmax against float64 logits, on both backends (Triton interpreted)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from vlm_kernels import StreamConfig, TileConfig, linear_argmax
 
 N, D, V = 37, 45, 133

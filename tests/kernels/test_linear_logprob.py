@@ -1,4 +1,5 @@
 """linear_logprob against a float64 autograd reference, on both backends (Triton interpreted)."""
+
 from __future__ import annotations
 
 from unittest import mock
@@ -7,7 +8,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from vlm_kernels import StreamConfig, TileConfig, linear_logprob, linear_logprob_reference
 from vlm_kernels._launch import capture_launches
 
@@ -182,8 +182,9 @@ def test_torch_path_any_shape(n: int, d: int, v: int, k: int, chunk: int, seed: 
     weight = torch.randn(v, d, generator=g, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(-1, v, (n, k), generator=g)
     config = StreamConfig(SMALL, SMALL, chunk_logits=chunk)
-    out, grads = run(lambda *a: linear_logprob(*a, impl="torch", config=config), hidden, weight, targets, None,
-                     torch.ones(n, k))
+    out, grads = run(
+        lambda *a: linear_logprob(*a, impl="torch", config=config), hidden, weight, targets, None, torch.ones(n, k)
+    )
     want, want_grads = run(linear_logprob_reference, hidden, weight, targets, None, torch.ones(n, k))
     torch.testing.assert_close(out, want.float())
     for got, ref in zip(grads, want_grads):
