@@ -163,7 +163,7 @@ def test_rejects_bad_inputs():
         linear_logprob(hidden, weight, targets, impl="cuda")
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, database=None)
 @given(
     n=st.integers(0, 12),
     d=st.integers(1, 9),
