@@ -1,0 +1,128 @@
+"""Targeted data: weights from a diagnosis, grounded questions that are true, pairs that inject the
+diagnosed hallucination, in the formats the SFT and DPO recipes read."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from halluremedy.data.conversation import load_conversations
+from halluremedy.data.preference import load_preferences, write_preferences
+from halluremedy.data.scenes import make_dataset
+from halluremedy.diagnose import analyse
+from halluremedy.eval.run import object_vocabulary
+from halluremedy.generate.targeted import (
+    QUESTION_KINDS,
+    InstructionMix,
+    TargetWeights,
+    instruction_conversations,
+    sample_questions,
+    targeted_preference_pairs,
+    write_instructions,
+)
+from halluremedy.generate.targeted import _relation as relation_of
+from halluremedy.models.tokenizer import split_words
+from halluremedy.pipeline import scene_model_texts
+from halluremedy.prompts import POPE_SUFFIX
+
+from .conftest import VOCAB
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("scenes"), "train", 80, seed=0, caption_noise=0.5, progress=False)
+
+
+def test_weights_from_a_diagnosis(fake_run):
+    w = TargetWeights.from_diagnosis(analyse(fake_run, VOCAB))
+    assert w.name == "targeted" and sum(w.classes.values()) == pytest.approx(1.0)
+    assert max(w.classes, key=w.classes.get) == "moon"
+    assert ("star", "moon") in w.triggers and sum(w.triggers.values()) == pytest.approx(1.0)
+    assert w.values[("color", "circle", "blue")] == 2  # one caption and one probe confusion
+    u = TargetWeights.uniform(["a", "b", "c"])
+    assert list(u.classes.values()) == pytest.approx([1 / 3] * 3) and len(u.triggers) == 6
+    with pytest.raises(ValueError, match="positive sum"):
+        TargetWeights("x", {"a": 0.0}, {})
+
+
+def test_mix_counts_are_exact():
+    for n in (0, 1, 7, 100, 961):
+        counts = InstructionMix().counts(n)
+        assert sum(counts.values()) == n and list(counts) == list(QUESTION_KINDS)
+    assert InstructionMix(caption=0.0, relation=0.0, attribute=0.0).counts(10) == {
+        "existence_absent": 5, "existence_present": 5, "attribute": 0, "relation": 0, "caption": 0}
+
+
+def test_questions_are_true_of_their_images(scenes):
+    questions = sample_questions(scenes, TargetWeights.uniform(scenes.categories), 200, seed=0)
+    assert Counter(q.kind for q in questions) == InstructionMix().counts(200)
+    assert sample_questions(scenes, TargetWeights.uniform(scenes.categories), 200, seed=0) == questions
+    assert sample_questions(scenes, TargetWeights.uniform(scenes.categories), 200, seed=1) != questions
+    vocab = object_vocabulary(scenes)
+    for q in questions:
+        im = q.image
+        if q.kind != "caption":
+            assert q.question.endswith(POPE_SUFFIX) and q.answer in ("Yes", "No")
+        if q.kind == "existence_absent":
+            assert q.category not in im.categories and q.answer == "No"
+            assert q.trigger is None or q.trigger in im.objects
+        elif q.kind == "existence_present":
+            assert q.category in im.categories and q.answer == "Yes"
+        elif q.kind == "attribute":
+            values = {o.attributes[q.attribute] for o in im.objects if o.category == q.category}
+            assert (q.value in values) == (q.answer == "Yes")
+            assert q.question.startswith(f"Is there a {q.value} {q.category} in the image?") or \
+                q.question.startswith(f"Is there an {q.value} {q.category}")
+        elif q.kind == "relation":
+            holds = relation_of(q.subject, q.other, im, 0.15)
+            assert holds == q.true_relation and (q.relation == holds) == (q.answer == "Yes")
+        else:
+            assert q.answer in im.captions
+            assert {m.category for m in vocab.extract_mentions(q.answer)} <= im.categories  # faithful only
+
+
+def test_targeting_concentrates_on_the_diagnosed_classes(scenes):
+    aimed = TargetWeights("targeted", {"crescent": 1.0}, {("star", "crescent"): 1.0})
+    mix = InstructionMix(trigger_share=1.0)
+    questions = sample_questions(scenes, aimed, 120, seed=0, mix=mix)
+    asked = [q for q in questions if q.kind in ("existence_absent", "existence_present", "attribute", "relation")]
+    assert {q.category for q in asked} == {"crescent"}
+    for q in questions:
+        if q.kind in ("existence_absent", "caption"):  # on an image holding the trigger, without the partner
+            assert "star" in q.image.categories and "crescent" not in q.image.categories
+    uniform = sample_questions(scenes, TargetWeights.uniform(scenes.categories), 120, seed=0, mix=mix)
+    assert len({q.category for q in uniform if q.category}) >= 6
+
+
+def test_words_are_all_in_the_scene_model_vocabulary(scenes):
+    known = {w for t in scene_model_texts() for w in split_words(t.replace("<image>", " "))}
+    questions = sample_questions(scenes, TargetWeights.uniform(scenes.categories), 300, seed=0)
+    words = [w for q in questions for text in (q.question, q.answer) for w in split_words(text)]
+    assert not set(words) - known
+
+
+def test_instructions_and_pairs_round_trip_through_the_recipe_formats(scenes, tmp_path):
+    questions = sample_questions(scenes, TargetWeights.uniform(scenes.categories), 30, seed=0)
+    conversations = instruction_conversations(questions)
+    write_instructions(tmp_path / "sft.jsonl", conversations)
+    assert load_conversations(tmp_path / "sft.jsonl") == conversations
+    pairs = targeted_preference_pairs(scenes, TargetWeights.uniform(scenes.categories), 12, seed=0)
+    write_preferences(tmp_path / "pairs.jsonl", pairs)
+    back, errors = load_preferences(tmp_path / "pairs.jsonl", known_images={im.file_name for im in scenes.images})
+    assert not errors and back == pairs
+
+
+def test_pairs_inject_the_diagnosed_hallucination(scenes):
+    vocab = object_vocabulary(scenes)
+    aimed = TargetWeights("targeted", {c: 1.0 for c in scenes.categories}, {("star", "crescent"): 1.0})
+    pairs = targeted_preference_pairs(scenes, aimed, 30, seed=0, mix=InstructionMix(trigger_share=1.0), floor=0.0)
+    assert len(pairs) == 30 and {p.source for p in pairs} == {"targeted:cooccur"}
+    images = {im.file_name: im for im in scenes.images}
+    for p in pairs:
+        chosen = {m.category for m in vocab.extract_mentions(p.chosen)}
+        rejected = {m.category for m in vocab.extract_mentions(p.rejected[0])}
+        assert chosen <= images[p.image].categories  # the preferred caption is faithful
+        assert rejected - chosen == {"crescent"}  # the only trigger -> hallucination pair
+    assert Counter(targeted_preference_pairs(scenes, TargetWeights.uniform(scenes.categories), 30, seed=0)[k].image
+                   for k in range(30)) != Counter(p.image for p in pairs)
