@@ -1,0 +1,258 @@
+"""Diagnose -> generate -> train -> re-diagnose, with a before/after report, in one command.
+
+1. Diagnose the base model on a diagnosis split (never the held-out split): detailed captions,
+   short captions, existence and attribute probes against the annotations -> per-class FP/FN
+   rates, attribute confusions, trigger pairs (``OUT/diagnosis/base/``: JSON, report.md, PNG).
+2. Generate, per seed, equal-sized data for each arm from the training split's annotations:
+
+   ============== =====================================================================
+   targeted-sft   yes/no existence, attribute, relation questions + faithful captions,
+                  aimed by the diagnosis (classes, triggers, confused values)
+   untargeted-sft the same generator, every class / pair equally likely
+   targeted-dpo   caption pairs, rejected = + an absent object from the model's own
+                  trigger -> hallucination table
+   untargeted-dpo the same with uniform co-occurrence
+   reflective     REVERIE: question -> answer, then "Explain why." -> rationale and
+                  "Explain why this answer is wrong: ..." -> rationale, separate samples
+   answer-only    the same questions, answers only
+   ============== =====================================================================
+
+3. Train each arm from the base with LoRA for the same steps and batch size (SFT arms through
+   ``train_sft``, DPO arms through ``run_preference_stage``).
+4. Evaluate on the held-out split (CHAIR, POPE random/popular/adversarial) and re-diagnose; write
+   ``OUT/report.md``, ``OUT/before_after.png`` and ``OUT/results.json`` (mean ± std over seeds,
+   paired differences targeted - untargeted and reflective - answer-only).
+
+    python scripts/remedy_loop.py                                   # seed 0, the four SFT arms
+    python scripts/remedy_loop.py --seeds 0 1 2 --arms targeted-sft untargeted-sft targeted-dpo \\
+        untargeted-dpo reflective answer-only                       # the full protocol
+
+Finished arms are reused (``--resume``, on by default), so a run can be extended seed by seed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from halluremedy.config import option, parse_config
+from halluremedy.data.coco import CocoDataset, write_json_atomic
+from halluremedy.data.preference import write_preferences
+from halluremedy.data.reflective import (
+    reflective_conversations,
+    scene_reflective_records,
+    write_reflective,
+)
+from halluremedy.data.scenes import SceneConfig, make_dataset
+from halluremedy.diagnose import (
+    Diagnosis,
+    ProbeConfig,
+    diagnose,
+    run_conversation_sft,
+    write_comparison,
+    write_report,
+)
+from halluremedy.eval.run import EvalConfig, evaluate, summary_row
+from halluremedy.generate.targeted import (
+    TargetWeights,
+    instruction_conversations,
+    sample_questions,
+    targeted_preference_pairs,
+    write_instructions,
+)
+from halluremedy.models.llava import load_model
+from halluremedy.pipeline import (
+    BaseTrainSpec,
+    SceneDataSpec,
+    ensure_base_model,
+    ensure_scene_data,
+)
+from halluremedy.train.dpo import PreferenceObjective
+from halluremedy.train.povid import TuningSpec, run_preference_stage
+
+ARMS = ("targeted-sft", "untargeted-sft", "targeted-dpo", "untargeted-dpo", "reflective", "answer-only")
+COMPARISONS = (("targeted-sft", "untargeted-sft"), ("targeted-dpo", "untargeted-dpo"), ("reflective", "answer-only"))
+COLUMNS = ("CHAIR_s/greedy", "CHAIR_i/greedy", "recall/greedy", "diagnosed/CHAIR_s", "POPE-ran/F1", "POPE-pop/F1",
+           "POPE-adv/F1", "POPE-ran/acc", "POPE-pop/acc", "POPE-adv/acc", "POPE-adv/yes")
+LIST_FLAGS = ("--seeds", "--arms")
+
+
+@dataclass(frozen=True)
+class RemedyConfig:
+    model: str = option("", "base LLaVA directory; empty: the embedded tiny scene model (trained if absent)")
+    data: str = option("runs/scenes", "COCO-format root with the training and held-out splits")
+    split: str = option("train", "split the generated data comes from (and trains on)")
+    eval_split: str = option("val", "held-out split for CHAIR / POPE")
+    diag_data: str = option("", "root of the diagnosis split; empty: OUT/diag_scenes (scene world, generated)")
+    diag_split: str = option("diag", "diagnosis split: never the held-out split")
+    diag_images: int = option(300, "images diagnosed (and generated, for the embedded default)")
+    diag_scene_seed: int = option(3, "embedded default only: scene seed of the generated diagnosis split")
+    base_out: str = option("runs/base", "embedded default only: where the tiny base model is (trained if absent)")
+    base_steps: int = option(BaseTrainSpec.steps, "embedded default only: SFT steps of the tiny base, if trained")
+    scene_train_images: int = option(SceneDataSpec.n_train, "embedded default only: scene-world training images")
+    scene_heldout_images: int = option(SceneDataSpec.n_heldout, "embedded default only: held-out images")
+    out: str = option("runs/remedy", "output directory")
+    arms: str = option("targeted-sft,untargeted-sft,reflective,answer-only",
+                       f"arms, comma- or space-separated, of {','.join(ARMS)}")
+    seeds: str = option("0", "seeds, comma- or space-separated (data, adapters, batch order): e.g. --seeds 0 1 2")
+    records: int = option(960, "records per arm and seed (reflective: questions; each gives 2 samples)")
+    steps: int = option(60, "optimiser steps per arm")
+    batch_size: int = option(16, "samples per step")
+    lr: float = option(1e-3, "peak learning rate of the SFT arms (cosine, 3% warmup)")
+    dpo_lr: float = option(2e-4, "peak learning rate of the DPO arms")
+    beta: float = option(0.1, "DPO beta")
+    nll_alpha: float = option(1.0, "DPO arms: RPO term weight on the chosen answer (0 = off)")
+    lora: bool = option(True, "train LoRA adapters on the decoder (else a full fine-tune, vision tower included)")
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA alpha")
+    reflective_weights: str = option("targeted", "questions of the reflective arms: targeted | uniform")
+    eval_images: int = option(200, "held-out images for CHAIR and for POPE")
+    rediagnose: bool = option(True, "re-diagnose every trained arm on the diagnosis split")
+    device: str = option("cpu", "cpu | cuda")
+    resume: bool = option(True, "reuse finished diagnoses, arms and evaluations")
+
+
+def join_list_flags(argv: list[str]) -> list[str]:
+    """``--seeds 0 1 2`` -> ``--seeds 0,1,2`` (parse_config takes one value per flag)."""
+    out, k = [], 0
+    while k < len(argv):
+        out.append(argv[k])
+        if argv[k] in LIST_FLAGS:
+            values = []
+            while k + 1 < len(argv) and not argv[k + 1].startswith("--"):
+                values.append(argv[k + 1])
+                k += 1
+            out.append(",".join(values))
+        k += 1
+    return out
+
+
+def split_list(text: str) -> list[str]:
+    return [t for t in text.replace(",", " ").split() if t]
+
+
+def diagnosed(model_dir: Path, dataset: CocoDataset, probe: ProbeConfig, out: Path, name: str, cfg: RemedyConfig
+              ) -> Diagnosis:
+    if cfg.resume and (out / "diagnosis.json").exists():
+        return Diagnosis.load(out / "diagnosis.json")
+    model, processor = load_model(model_dir, device=cfg.device)
+    result = diagnose(model, processor, dataset, probe, model_name=name)
+    write_report(result, out)
+    return result
+
+
+def evaluated(model_dir: Path, heldout: CocoDataset, eval_cfg: EvalConfig, path: Path, worst: list[str],
+              cfg: RemedyConfig) -> dict[str, float]:
+    """Headline numbers on the held-out split, plus ``diagnosed/CHAIR_s``: captions hallucinating
+    one of the base's ``worst`` classes."""
+    if cfg.resume and path.exists():
+        result = json.loads(path.read_text())
+    else:
+        model, processor = load_model(model_dir, device=cfg.device)
+        result = evaluate(model, processor, heldout, eval_cfg)
+        write_json_atomic(path, result, indent=2)
+    row = summary_row(result)
+    captions = result["chair"]["greedy"]["per_caption"]
+    row["diagnosed/CHAIR_s"] = sum(any(m["category"] in worst for m in c["hallucinated"]) for c in captions) / len(captions)
+    return row
+
+
+def arm_data(arm: str, train: CocoDataset, weights: dict[str, TargetWeights], cfg: RemedyConfig, seed: int,
+             out: Path) -> tuple[str, list]:
+    """("sft", conversations) or ("dpo", preference records) for one arm; also written to ``out``."""
+    n = cfg.records
+    if arm.endswith("-sft"):
+        conversations = instruction_conversations(sample_questions(train, weights[arm.split("-")[0]], n, seed=seed))
+        write_instructions(out / "data.jsonl", conversations)
+        return "sft", conversations
+    if arm.endswith("-dpo"):
+        records = targeted_preference_pairs(train, weights[arm.split("-")[0]], n, seed=seed)
+        write_preferences(out / "pairs.jsonl", records)
+        return "dpo", records
+    records = scene_reflective_records(train, n, seed=seed, weights=weights[cfg.reflective_weights])
+    write_reflective(out / "reflective.jsonl", records)
+    conversations = reflective_conversations(records, "both" if arm == "reflective" else "answer")
+    write_instructions(out / "data.jsonl", conversations)
+    return "sft", conversations
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(RemedyConfig, __doc__, join_list_flags(sys.argv[1:] if argv is None else argv))
+    arms, seeds = split_list(cfg.arms), [int(s) for s in split_list(cfg.seeds)]
+    if unknown := [a for a in arms if a not in ARMS]:
+        raise SystemExit(f"unknown arms {unknown}; known: {list(ARMS)}")
+    if cfg.reflective_weights not in ("targeted", "uniform"):
+        raise SystemExit(f"--reflective-weights must be targeted or uniform, got {cfg.reflective_weights!r}")
+    out = Path(cfg.out)
+
+    # data, base model, diagnosis split
+    if cfg.model:
+        base_dir = Path(cfg.model)
+        train, heldout = CocoDataset.load(cfg.data, cfg.split), CocoDataset.load(cfg.data, cfg.eval_split)
+    else:
+        train, heldout = ensure_scene_data(cfg.data, SceneDataSpec(n_train=cfg.scene_train_images,
+                                                                   n_heldout=cfg.scene_heldout_images))
+        base_dir = ensure_base_model(train, cfg.base_out, BaseTrainSpec(steps=cfg.base_steps))
+    diag_root = Path(cfg.diag_data) if cfg.diag_data else out / "diag_scenes"
+    if (diag_root / "annotations" / f"instances_{cfg.diag_split}.json").exists():
+        diag = CocoDataset.load(diag_root, cfg.diag_split)
+    elif cfg.model:
+        raise SystemExit(f"{diag_root}: no diagnosis split {cfg.diag_split!r}; pass --diag-data/--diag-split")
+    else:
+        diag = make_dataset(diag_root, cfg.diag_split, cfg.diag_images, cfg.diag_scene_seed,
+                            SceneConfig(image_size=SceneDataSpec.image_size))
+    if diag_root.resolve() == Path(cfg.data).resolve() and cfg.diag_split == cfg.eval_split:
+        raise SystemExit("the diagnosis split must not be the held-out split")
+
+    # 1. diagnose the base
+    probe = ProbeConfig(images=cfg.diag_images)
+    before = diagnosed(base_dir, diag, probe, out / "diagnosis" / "base", "base", cfg)
+    worst = [c.category for c in before.worst_classes(3)]
+    weights = {"targeted": TargetWeights.from_diagnosis(before), "untargeted": TargetWeights.uniform(train.categories)}
+    weights["uniform"] = weights["untargeted"]
+    write_json_atomic(out / "target_weights.json", {k: w.to_dict() for k, w in weights.items() if k != "uniform"},
+                      indent=2)
+    print(f"diagnosis: {out / 'diagnosis' / 'base' / 'report.md'}; worst classes {worst}", flush=True)
+
+    eval_cfg = EvalConfig(chair_images=cfg.eval_images, pope_images=cfg.eval_images, seed=0, progress=False)
+    rows: dict[str, list[dict[str, float]]] = {"base": [evaluated(base_dir, heldout, eval_cfg, out / "base_eval.json",
+                                                                  worst, cfg)]}
+    after: dict[str, list[Diagnosis]] = {}
+    spec = TuningSpec(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, lora=cfg.lora, lora_r=cfg.lora_r,
+                      lora_alpha=cfg.lora_alpha)
+
+    # 2-4. generate, train, evaluate, re-diagnose: every arm, every seed
+    for seed in seeds:
+        for arm in arms:
+            run_dir = out / f"seed{seed}" / arm
+            run_dir.mkdir(parents=True, exist_ok=True)
+            kind, data = arm_data(arm, train, weights, cfg, seed, run_dir)
+            arm_spec = replace(spec, seed=seed)
+            if kind == "sft":
+                model_dir = run_conversation_sft(base_dir, data, train, run_dir, arm_spec, device=cfg.device,
+                                                 resume=cfg.resume, tag=arm)
+            else:
+                objective = PreferenceObjective(stage=1, beta=cfg.beta, nll_alpha=cfg.nll_alpha)
+                model_dir = run_preference_stage(base_dir, data, train, run_dir, objective,
+                                                 replace(arm_spec, lr=cfg.dpo_lr), device=cfg.device, resume=cfg.resume)
+            rows.setdefault(arm, []).append(evaluated(model_dir, heldout, eval_cfg, run_dir / "eval.json", worst, cfg))
+            if cfg.rediagnose:
+                after.setdefault(arm, []).append(diagnosed(model_dir, diag, probe, run_dir / "diagnosis",
+                                                           f"{arm} seed {seed}", cfg))
+            print(f"seed {seed} {arm}: " + ", ".join(f"{c} {rows[arm][-1][c]:.3f}" for c in COLUMNS
+                                                   if c in rows[arm][-1]), flush=True)
+
+    notes = [(f"arms {arms}, seeds {seeds}: {cfg.records} records per arm and seed, {cfg.steps} steps x "
+             f"{cfg.batch_size} samples, {f'LoRA r{cfg.lora_r}/a{cfg.lora_alpha}' if cfg.lora else 'full fine-tune'}, lr {cfg.lr:g} (DPO {cfg.dpo_lr:g})"),
+             (f"held-out: {cfg.eval_images} images of {heldout.root}:{heldout.split}; diagnosis: {cfg.diag_images} "
+             f"images of {diag.root}:{diag.split}"),
+             f"diagnosed/CHAIR_s: held-out captions hallucinating one of the base's worst classes {worst}"]
+    paths = write_comparison(before, after, rows, out, comparisons=COMPARISONS, columns=COLUMNS, notes=notes,
+                             extra={"config": asdict(cfg), "worst_classes": worst})
+    print(paths["markdown"].read_text())
+
+
+if __name__ == "__main__":
+    main()

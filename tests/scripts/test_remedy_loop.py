@@ -1,0 +1,72 @@
+"""scripts/remedy_loop.py end to end at toy sizes: diagnose -> generate -> train -> re-diagnose -> report."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "remedy_loop.py"
+
+
+def _run(*args, cwd):
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_list_flags_take_several_values():
+    spec = importlib.util.spec_from_file_location("remedy_loop", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    assert module.join_list_flags(["--seeds", "0", "1", "2", "--steps", "5", "--arms", "reflective"]) == [
+        "--seeds", "0,1,2", "--steps", "5", "--arms", "reflective"]
+    assert module.split_list("0,1 2") == ["0", "1", "2"]
+
+
+def test_remedy_loop_end_to_end(tmp_path):
+    arms = ["targeted-sft", "untargeted-sft", "targeted-dpo", "untargeted-dpo", "reflective", "answer-only"]
+    common = ["--data", "d/scenes", "--base-out", "d/base", "--out", "d/remedy", "--scene-train-images", "40",
+              "--scene-heldout-images", "30", "--base-steps", "4", "--diag-images", "12", "--eval-images", "12",
+              "--records", "16", "--steps", "2", "--batch-size", "4", "--lora-r", "4", "--lora-alpha", "8"]
+    out = _run(*common, "--seeds", "0", "1", "--arms", *arms, cwd=tmp_path)
+    d = tmp_path / "d" / "remedy"
+    assert "| targeted-sft - untargeted-sft |" in out and "| reflective - answer-only |" in out
+    for name in ("diagnosis.json", "report.md", "worst_classes.png"):
+        assert (d / "diagnosis" / "base" / name).stat().st_size > 100, name
+    for name in ("report.md", "before_after.png", "results.json", "target_weights.json"):
+        assert (d / name).stat().st_size > 100, name
+    results = json.loads((d / "results.json").read_text())
+    assert set(results["held_out"]) == {"base", *arms}
+    assert all(results["held_out"][a]["POPE-adv/F1"]["n"] == 2 for a in arms)
+    assert set(results["per_seed"]["reflective"][0]) >= {"POPE-ran/F1", "POPE-pop/F1", "POPE-adv/F1", "CHAIR_i/greedy"}
+    assert set(results["paired_differences"]) == {"targeted-sft - untargeted-sft", "targeted-dpo - untargeted-dpo",
+                                                  "reflective - answer-only"}
+    assert set(results["rediagnosis"]) == {"base", *arms}
+    for seed in (0, 1):
+        for arm in arms:
+            run = d / f"seed{seed}" / arm
+            assert (run / "model" / "model.safetensors").exists() and (run / "eval.json").exists(), run
+            assert (run / "diagnosis" / "diagnosis.json").exists()
+    # equal sample counts: every SFT arm's data has the same number of records (reflective: 2 samples each)
+    lines = {arm: (d / "seed0" / arm / "data.jsonl").read_text().count("\n")
+             for arm in ("targeted-sft", "untargeted-sft", "answer-only", "reflective")}
+    assert lines == {"targeted-sft": 16, "untargeted-sft": 16, "answer-only": 16, "reflective": 32}
+    assert (d / "seed0" / "targeted-dpo" / "pairs.jsonl").read_text().count("\n") == 16
+
+    # a second call reuses every finished arm and diagnosis
+    mtime = (d / "seed0" / "reflective" / "model" / "model.safetensors").stat().st_mtime
+    again = _run(*common, "--seeds", "0", "--arms", "reflective", cwd=tmp_path)
+    assert "| reflective | 1 |" in again
+    assert (d / "seed0" / "reflective" / "model" / "model.safetensors").stat().st_mtime == mtime
+
+
+def test_help_names_the_protocol_options(tmp_path):
+    out = _run("--help", cwd=tmp_path)
+    for flag in ("--seeds", "--arms", "--records", "--diag-split", "--reflective-weights", "--rediagnose"):
+        assert flag in out
