@@ -1,0 +1,635 @@
+"""FLOPs and activation memory per preference pair at real LLaVA-1.5 geometry, on the meta device.
+
+The model is the real thing without weights: ``LlavaForConditionalGeneration`` built from a
+``LlavaConfig`` under ``torch.device("meta")`` (LLaVA-1.5-7B: CLIP ViT-L/14-336, 24 layers x 1024,
+577 tokens, feature layer -2; GELU projector 1024 -> 4096 -> 4096; Llama-2-7B decoder, 32 x 4096,
+MLP 11008, vocabulary 32064; 13B: 40 x 5120, MLP 13824), LoRA r=128 / alpha 256 / dropout 0.05 on
+every decoder linear layer (POVID), reference = adapters disabled, bf16. Each provider's step is
+run op by op on it under ``torch.utils.flop_counter.FlopCounterMode`` (forward + backward) and a
+live-tensor tracker (:class:`LiveBytes`, peak bytes of tensors the step allocates; weights are not
+counted, LoRA gradients are).
+
+What does not run on meta, and what is done instead (the steps are *composed* from the real modules
+and the real head functions, rather than called end to end):
+
+* ``LlavaModel.forward`` checks the image placeholders against the features with ``.item()``, and
+  our ``packed_hidden_states`` counts them with ``int(...)``: each step here runs the vision tower +
+  projector (``get_image_features``) on its images and feeds the decoder ``inputs_embeds`` of the
+  right shape (the merge is a ``masked_scatter``: no FLOPs);
+* ``vlm_kernels.linear_logprob`` / ``linear_argmax`` refuse meta tensors in their autocast check:
+  their autograd Function / torch path is called directly (the Triton kernels do the same matmul
+  work: logits in the forward, recomputed logits + ``d_hidden`` in the backward);
+  ``nonzero`` on meta is told to assume every row is valid (true here: every scored row has a target);
+* TRL's ``hidden_states[mask]`` (its CUDA path scores completion rows only) is data-dependent: its
+  ``ChunkedLogProbFunction`` is applied to exactly the completion rows;
+* Liger's backward compares ``grad_output`` with 1 (``.item()``): it only rescales the gradients its
+  forward computed (no matmul), so the decoder's backward is started from ``d_hidden`` directly.
+
+Attention. On a GPU, ours runs FlashAttention-2 varlen over the pack and the padded providers run
+a fused SDPA kernel; neither stores the (T, T) scores. The GPU-mode steps here route the
+attention through :class:`FlashLike` (``mode="gpu"``): ours through the product's own
+``packed_varlen_attention`` (kv gather included) with FlashLike standing in for
+``flash_attn_varlen_func``, the padded ones through an attention function registered with
+transformers. FlashLike counts ``4 lq lk d`` FLOPs per head forward and twice that backward --
+FlopCounterMode's SDPA convention: causal masking not halved, FA2's recomputation not counted --
+and keeps q, k, v, out and the log-sum-exp for the backward. ``mode="cpu"`` reproduces what
+the CPU runs instead (our dense (T, T) block mask, TRL's all-position head, SDPA math): the test
+``tests/bench/test_flops.py`` checks that, in that mode, these composed steps count exactly the
+FLOPs FlopCounterMode counts on the real CPU steps of ``bench/baselines`` (tiny model, same shapes).
+
+Run: ``python bench/flops.py`` (7B and 13B sweeps over response length and responses per prompt,
+``bench/flops_ratio.png``, a table on stdout; about a minute per size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import sys
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.fx.experimental._config as fx_config
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import AttentionInterface, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from vlm_kernels import default_stream_config
+from vlm_kernels.linear_argmax import _torch_argmax
+from vlm_kernels.linear_logprob import LinearLogprobFunction, LinearLogprobParams
+
+from halluremedy.models import attention as packed_attention
+from halluremedy.models.attention import VARLEN_KWARG, VarlenPlan, enable_packed_attention
+from halluremedy.models.lora import add_lora
+from halluremedy.models.packed import llava_parts
+
+Mode = Literal["gpu", "cpu"]
+IMAGE_TOKENS = 576
+PROMPT_TEXT = 50  # "~50 prompt tokens" around the image
+RESPONSE = 120  # "~120 response tokens"
+TRL_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")  # what DPOTrainer asks its fused head for
+TRL_CHUNK = 32768  # trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE
+FLASH_LIKE = "bench_fused_sdpa"  # no "flash" in the name: transformers would look for a flash-attn kernel
+
+# ---------------------------------------------------------------- geometry
+
+
+def llava15_config(size: str = "7b") -> LlavaConfig:
+    """LLaVA-1.5-{7b,13b}-hf geometry (no weights are ever loaded)."""
+    decoder = {"7b": (4096, 32, 32, 11008), "13b": (5120, 40, 40, 13824)}
+    if size not in decoder:
+        raise ValueError(f"size must be one of {sorted(decoder)}, got {size!r}")
+    hidden, layers, heads, mlp = decoder[size]
+    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                              image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu")
+    text = LlamaConfig(vocab_size=32064, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=4096,
+                       rms_norm_eps=1e-5, tie_word_embeddings=False)
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=32000,
+                       image_seq_length=IMAGE_TOKENS, projector_hidden_act="gelu",
+                       vision_feature_select_strategy="default", vision_feature_layer=-2)
+
+
+def meta_policy(config: LlavaConfig, lora_r: int = 128, lora_dropout: float = 0.05,
+                dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
+    """The policy of POVID's recipe on the meta device: LoRA on the decoder, nothing else trainable."""
+    with torch.device("meta"):
+        # a copy: the steps switch the decoder's attention implementation, which lives in the config
+        model = LlavaForConditionalGeneration(copy.deepcopy(config)).to(dtype)
+    return add_lora(model, r=lora_r, alpha=2 * lora_r, dropout=lora_dropout).train()
+
+
+@dataclass(frozen=True)
+class Group:
+    """One prompt (image placeholders included) with its chosen and rejected response lengths."""
+
+    prompt: int
+    chosen: int
+    rejected: tuple[int, ...]
+
+    @property
+    def pairs(self) -> int:
+        return len(self.rejected)
+
+
+def llava_groups(response: int = RESPONSE, rejected: int = 1, groups: int = 1, prompt_text: int = PROMPT_TEXT,
+                 image_tokens: int = IMAGE_TOKENS) -> list[Group]:
+    """``groups`` identical prompts of ``image_tokens + prompt_text`` tokens, every response ``response`` long."""
+    return [Group(image_tokens + prompt_text, response, (response,) * rejected)] * groups
+
+
+def num_pairs(groups: Sequence[Group]) -> int:
+    return sum(g.pairs for g in groups)
+
+
+# ---------------------------------------------------------------- measurement
+
+
+class LiveBytes(TorchDispatchMode):
+    """Peak bytes of the tensor storages allocated while active (views and in-place results excluded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._sizes: dict[int, int] = {}
+
+    def _free(self, key: int) -> None:
+        self.live -= self._sizes.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        inputs = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        out = func(*args, **kwargs)
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key = storage._cdata
+            if key in inputs or key in self._sizes:
+                continue
+            self._sizes[key] = storage.nbytes()
+            self.live += storage.nbytes()
+            weakref.finalize(storage, self._free, key)
+        self.peak = max(self.peak, self.live)
+        return out
+
+
+@dataclass(frozen=True)
+class Count:
+    flops: int  # forward + backward, whole step
+    peak_bytes: int  # peak live bytes of tensors allocated by the step
+    pairs: int
+
+    @property
+    def flops_per_pair(self) -> float:
+        return self.flops / self.pairs
+
+    @property
+    def peak_bytes_per_pair(self) -> float:
+        return self.peak_bytes / self.pairs
+
+
+@contextlib.contextmanager
+def meta_friendly() -> Iterator[None]:
+    """``nonzero`` assumes every element is nonzero on meta; ``torch.is_autocast_enabled("meta")`` is False
+    (it raises otherwise, and TRL's head asks it)."""
+    previous_nonzero, previous_autocast = fx_config.meta_nonzero_assume_all_nonzero, torch.is_autocast_enabled
+
+    def is_autocast_enabled(*args):
+        return False if args and args[0] == "meta" else previous_autocast(*args)
+
+    fx_config.meta_nonzero_assume_all_nonzero, torch.is_autocast_enabled = True, is_autocast_enabled
+    try:
+        yield
+    finally:
+        fx_config.meta_nonzero_assume_all_nonzero, torch.is_autocast_enabled = previous_nonzero, previous_autocast
+
+
+def _addmm_flop(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    (m, k), (_, n) = a_shape, b_shape
+    return 2 * m * k * n  # as torch's addmm formula: the bias add is not counted
+
+
+def flop_counter() -> FlopCounterMode:
+    """FlopCounterMode that also counts the in-place ``addmm_`` (TRL's fused head accumulates its backward
+    GEMMs with it; torch's registry only knows the out-of-place op, so it would count 0 for them)."""
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: _addmm_flop})
+
+
+def count_flops(step: Callable[[], object]) -> int:
+    """FLOPs of one call of ``step`` on real tensors (the CPU benchmark), SDPA forced to its countable
+    math path (CPU's fused SDPA kernel has no formula in FlopCounterMode and would count 0)."""
+    with flop_counter() as flops, sdpa_kernel(SDPBackend.MATH):
+        step()
+    return flops.get_total_flops()
+
+
+def count(step: Callable[[], object], pairs: int) -> Count:
+    """Run ``step`` once on meta tensors under FlopCounterMode (SDPA math) and LiveBytes."""
+    with meta_friendly(), flop_counter() as flops, LiveBytes() as live, sdpa_kernel(SDPBackend.MATH):
+        step()
+    return Count(flops.get_total_flops(), live.peak, pairs)
+
+
+# ---------------------------------------------------------------- attention stand-in
+
+
+class FlashLike(torch.autograd.Function):
+    """FlashAttention's cost and memory on meta tensors: out = softmax(q k^T * scale) v, per (batch, head).
+
+    q: (B, H, lq, d), k, v: (B, H, lk, d). Forward: the two score/output matmuls (counted), scores
+    freed at once; saved for backward: q, k, v, out and the fp32 log-sum-exp (B, H, lq), as FA2
+    keeps them. Backward: dV = P^T dO, dP = dO V^T, dQ = dS K, dK = dS^T Q (counted); P stands in
+    uncounted for FA2's recomputation (meta tensors: only shapes matter).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        if q.device.type != "meta":
+            raise RuntimeError("FlashLike models cost on meta tensors; it does not compute attention")
+        scores = q @ k.transpose(-1, -2)  # (B, H, lq, lk)
+        out = scores.to(v.dtype) @ v
+        del scores
+        lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, _out, _lse = ctx.saved_tensors
+        p = torch.empty(*q.shape[:-1], k.shape[-2], dtype=q.dtype, device=q.device)  # recomputed, not counted
+        grad_v = p.transpose(-1, -2) @ grad_out
+        grad_s = grad_out @ v.transpose(-1, -2)
+        return grad_s @ k, grad_s.transpose(-1, -2) @ q, grad_v
+
+
+def flash_like_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                      softmax_scale=None, causal=False):
+    """``flash_attn_varlen_func``'s signature over :class:`FlashLike`: q (Tq, H, d), k/v (Tk, H, d)."""
+    out = []
+    cu_q, cu_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for s in range(len(cu_q) - 1):
+        qs = q[cu_q[s]:cu_q[s + 1]].transpose(0, 1)[None]  # (1, H, lq, d)
+        ks = k[cu_k[s]:cu_k[s + 1]].transpose(0, 1)[None]
+        vs = v[cu_k[s]:cu_k[s + 1]].transpose(0, 1)[None]
+        out.append(FlashLike.apply(qs, ks, vs)[0].transpose(0, 1))
+    return torch.cat(out)
+
+
+def flash_like_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers' attention-function signature over :class:`FlashLike` (padded batches, causal)."""
+    return FlashLike.apply(query, key, value).transpose(1, 2), None
+
+
+AttentionInterface.register(FLASH_LIKE, flash_like_attention)
+AttentionMaskInterface.register(FLASH_LIKE, sdpa_mask)
+
+
+@contextlib.contextmanager
+def varlen_stand_in() -> Iterator[None]:
+    previous = packed_attention.flash_attn_varlen_func
+    packed_attention.flash_attn_varlen_func = flash_like_varlen
+    try:
+        yield
+    finally:
+        packed_attention.flash_attn_varlen_func = previous
+
+
+# ---------------------------------------------------------------- composed steps
+
+
+def _empty(*shape: int, like: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.Tensor:
+    p = next(like.parameters())
+    return torch.empty(*shape, device=p.device, dtype=dtype or p.dtype)
+
+
+def _images(policy: torch.nn.Module, n: int) -> torch.Tensor:
+    """Vision tower + projector on ``n`` images (no grad flows: both are frozen)."""
+    llava, _ = llava_parts(policy)
+    size = llava.config.vision_config.image_size
+    return llava.get_image_features(pixel_values=_empty(n, 3, size, size, like=llava.vision_tower),
+                                    return_dict=True).pooler_output
+
+
+def _adapters(policy: torch.nn.Module, on: bool):
+    return contextlib.nullcontext() if on else policy.disable_adapter()
+
+
+def _cu_seqlens(lengths: Sequence[int]) -> torch.Tensor:
+    """(S + 1,) int32 on the CPU (FlashAttention's layout; the stand-in reads it with ``tolist``)."""
+    return torch.tensor([0, *lengths]).cumsum(0).to(torch.int32)
+
+
+def _packed_hidden(policy: torch.nn.Module, spans: Sequence[tuple[int, Sequence[int]]], mode: Mode) -> torch.Tensor:
+    """(T, D) hidden states of a pack of groups ``(prefix length, [response lengths])``, as
+    ``halluremedy.models.packed.packed_hidden_states`` computes them (varlen on GPU, block mask on CPU)."""
+    llava, _ = llava_parts(policy)
+    enable_packed_attention(llava.language_model)
+    _images(policy, len(spans))
+    kv, seq_q, seq_k, total = [], [], [], 0
+    for prefix, responses in spans:
+        p0, p1 = total, total + prefix
+        total = p1
+        for j, n in enumerate(responses):
+            r0, r1 = total, total + n
+            total = r1
+            kv += list(range(p0, r1)) if j == 0 else [*range(p0, p1), *range(r0, r1)]
+            seq_q.append(r1 - (p0 if j == 0 else r0))
+            seq_k.append(r1 - p0 if j == 0 else prefix + n)
+    embeds = _empty(1, total, llava.config.text_config.hidden_size, like=policy)
+    positions = torch.empty(1, total, dtype=torch.long, device=embeds.device)
+    if mode == "gpu":
+        plan = VarlenPlan(torch.empty(len(kv), dtype=torch.long, device=embeds.device), _cu_seqlens(seq_q),
+                          _cu_seqlens(seq_k), max(seq_q), max(seq_k))
+        mask = torch.empty(1, 1, 0, 0, dtype=torch.bool, device=embeds.device)
+        with varlen_stand_in():
+            out = llava(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=False,
+                        **{VARLEN_KWARG: plan})
+    else:
+        mask = torch.empty(1, 1, total, total, dtype=torch.bool, device=embeds.device)
+        out = llava(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=False)
+    return out.last_hidden_state[0]
+
+
+def _padded_hidden(policy: torch.nn.Module, rows: int, width: int, mode: Mode) -> torch.Tensor:
+    """(rows, width, D) hidden states of a right-padded batch, images once per row (HF LLaVA forward)."""
+    llava, _ = llava_parts(policy)
+    llava.language_model.set_attn_implementation(FLASH_LIKE if mode == "gpu" else "sdpa")
+    _images(policy, rows)
+    embeds = _empty(rows, width, llava.config.text_config.hidden_size, like=policy)
+    # a prepared 4-D mask (HF's own causal + padding mask, as the real batches get): HF then runs no
+    # data-dependent checks of its own on it
+    mask = torch.empty(rows, 1, width, width, dtype=torch.bool, device=embeds.device)
+    return llava(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+
+
+def _logprob(policy: torch.nn.Module, hidden: torch.Tensor, k: int) -> torch.Tensor:
+    """``vlm_kernels.linear_logprob`` (torch path, what it dispatches to off CUDA) on every row: (N, k) fp32."""
+    _, head = llava_parts(policy)
+    targets = torch.zeros(hidden.shape[0], k, dtype=torch.long, device=hidden.device)
+    params = LinearLogprobParams("torch", default_stream_config(hidden.dtype))
+    return LinearLogprobFunction.apply(hidden.to(head.weight.dtype), head.weight, head.bias, targets, params)
+
+
+def _argmax(policy: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    _, head = llava_parts(policy)
+    return _torch_argmax(hidden, head.weight, head.bias, default_stream_config(hidden.dtype))
+
+
+def ours_step(policy: torch.nn.Module, groups: Sequence[Group], stage: int, mode: Mode = "gpu") -> None:
+    """``train_preference``'s micro-step: reference (noised argmax if stage 2, scored), policy (noised
+    argmax if stage 2), policy scored with grad, backward."""
+    scored = [(g.prompt, [g.chosen, *g.rejected]) for g in groups]
+    noised = [(g.prompt, [g.chosen]) for g in groups]
+    n_scored = sum(g.chosen + sum(g.rejected) for g in groups)
+    n_chosen = sum(g.chosen for g in groups)
+
+    def rows(hidden: torch.Tensor, n: int) -> torch.Tensor:  # the response-predicting rows (index_select)
+        return hidden.index_select(0, torch.empty(n, dtype=torch.long, device=hidden.device))
+
+    k = 2 if stage == 2 else 1
+    with torch.no_grad(), policy.disable_adapter():
+        if stage == 2:
+            _argmax(policy, rows(_packed_hidden(policy, noised, mode), n_chosen))
+        _logprob(policy, rows(_packed_hidden(policy, scored, mode), n_scored), k)
+    if stage == 2:
+        with torch.no_grad():
+            _argmax(policy, rows(_packed_hidden(policy, noised, mode), n_chosen))
+    logp = _logprob(policy, rows(_packed_hidden(policy, scored, mode), n_scored), k)
+    logp.sum().backward()
+
+
+def _pair_rows(groups: Sequence[Group]) -> list[tuple[int, int]]:
+    """(prompt, completion) of every row of the 2B batch: chosen rows, then rejected rows."""
+    pairs = [(g.prompt, g.chosen, r) for g in groups for r in g.rejected]
+    return [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
+
+
+def trl_step(policy: torch.nn.Module, groups: Sequence[Group], mode: Mode = "gpu") -> None:
+    """TRL 1.16 DPOTrainer: policy (2B, T) forward + fused chunked head, reference the same without
+    grad, backward. GPU: completion rows only; CPU: every position (``hidden[:, :-1]``)."""
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+
+    _, head = llava_parts(policy)
+    seqs = _pair_rows(groups)
+    width = max(p + c for p, c in seqs)
+    n_rows = sum(c for _, c in seqs) if mode == "gpu" else len(seqs) * (width - 1)
+
+    def scored(outputs: tuple[str, ...]) -> torch.Tensor:
+        hidden = _padded_hidden(policy, len(seqs), width, mode)[:, :-1].reshape(-1, head.weight.shape[1])
+        rows = hidden[:n_rows] if mode == "gpu" else hidden  # the compact path's hidden[mask]
+        targets = torch.zeros(n_rows, dtype=torch.long, device=rows.device)
+        return ChunkedLogProbFunction.apply(rows, head.weight, head.bias, targets, 1.0, TRL_CHUNK, None, 1.0,
+                                            outputs)[0]
+
+    logps = scored(TRL_OUTPUTS)
+    with torch.no_grad(), policy.disable_adapter():
+        scored(TRL_OUTPUTS)
+    logps.sum().backward()
+
+
+def trl_liger_step(policy: torch.nn.Module, groups: Sequence[Group], mode: Mode = "gpu") -> None:
+    """TRL-style 2B batch, decoder hidden states of policy and reference into LigerFusedLinearDPOLoss."""
+    from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
+
+    _, head = llava_parts(policy)
+    seqs = _pair_rows(groups)
+    width = max(p + c for p, c in seqs)
+    hidden = _padded_hidden(policy, len(seqs), width, mode)
+    with torch.no_grad(), policy.disable_adapter():
+        ref_hidden = _padded_hidden(policy, len(seqs), width, mode)
+    inputs = hidden[:, :-1]
+    targets = torch.zeros(inputs.shape[:2], dtype=torch.long, device=inputs.device)
+    LigerFusedLinearDPOLoss(beta=0.1, compiled=False, use_ref_model=True, average_log_prob=False)(
+        head.weight, inputs, targets, ref_input=ref_hidden[:, :-1], ref_weight=head.weight)
+    # Liger's backward only rescales the d_input its forward computed: start the decoder's backward there.
+    inputs.backward(torch.empty_like(inputs))
+
+
+def _full_logits(policy: torch.nn.Module, rows: int, width: int, mode: Mode) -> torch.Tensor:
+    """The HF forward's (rows, width, V) logits (LM head on every position), cast to fp32 as the peers do."""
+    _, head = llava_parts(policy)
+    return head(_padded_hidden(policy, rows, width, mode)).float()
+
+
+def trl_full_step(policy: torch.nn.Module, groups: Sequence[Group], mode: Mode = "gpu") -> None:
+    """TRL <= 0.2x: full (2B, T, V) logits, log_softmax + gather, for the policy and the reference."""
+    seqs = _pair_rows(groups)
+    width = max(p + c for p, c in seqs)
+
+    def logps() -> torch.Tensor:
+        logits = _full_logits(policy, len(seqs), width, mode)
+        index = torch.zeros(len(seqs), width - 1, 1, dtype=torch.long, device=logits.device)
+        return logits[:, :-1].log_softmax(-1).gather(2, index).sum()
+
+    loss = logps()
+    with torch.no_grad(), policy.disable_adapter():
+        logps()
+    loss.backward()
+
+
+def povid_step(policy: torch.nn.Module, groups: Sequence[Group], mode: Mode = "gpu") -> None:
+    """POVID stage 2 (``bench/baselines/povid_style.py``): per model three full forwards with full fp32
+    logits -- clean [P|y+], noised [P|y+] (argmax only, yet under grad for the policy), clean [P|y-] --
+    a log_softmax per scored forward plus a second one of the clean chosen logits for the noise term."""
+    pairs = [(g.prompt, g.chosen, r) for g in groups for r in g.rejected]
+    n = len(pairs)
+    width_c = max(p + c for p, c, _ in pairs)
+    width_r = max(p + r for p, _, r in pairs)
+
+    def gathered(logits: torch.Tensor) -> torch.Tensor:
+        index = torch.zeros(*logits.shape[:2], 1, dtype=torch.long, device=logits.device)
+        return logits[:, :-1].log_softmax(-1).gather(2, index[:, :-1]).sum()
+
+    def multi_forward() -> tuple[torch.Tensor, ...]:
+        chosen_logits = _full_logits(policy, n, width_c, mode)
+        chosen = gathered(chosen_logits)
+        noised_logits = _full_logits(policy, n, width_c, mode)
+        rejected_logits = _full_logits(policy, n, width_r, mode)
+        rejected = gathered(rejected_logits)
+        argmax = noised_logits[:, :-1].max(dim=2).indices
+        noise = chosen_logits[:, :-1].log_softmax(-1).gather(2, argmax[..., None]).sum()
+        return chosen + rejected + noise, chosen_logits, rejected_logits
+
+    loss, *_keep = multi_forward()
+    with torch.no_grad(), policy.disable_adapter():
+        multi_forward()
+    loss.backward()
+
+
+STEPS: dict[str, Callable[[torch.nn.Module, Sequence[Group], Mode], None]] = {
+    "ours-s1": lambda m, g, mode: ours_step(m, g, 1, mode),
+    "trl": trl_step,
+    "trl-liger": trl_liger_step,
+    "trl-full": trl_full_step,
+    "ours-s2": lambda m, g, mode: ours_step(m, g, 2, mode),
+    "povid": povid_step,
+}
+PEERS = {"trl": "ours-s1", "trl-liger": "ours-s1", "trl-full": "ours-s1", "povid": "ours-s2"}
+
+
+def count_step(policy: torch.nn.Module, provider: str, groups: Sequence[Group], mode: Mode = "gpu") -> Count:
+    """FLOPs and peak step memory of ``provider``'s step on ``groups`` (see the module docstring)."""
+    policy.zero_grad(set_to_none=True)
+    return count(lambda: STEPS[provider](policy, groups, mode), num_pairs(groups))
+
+
+class LayerScaled:
+    """Counts at full depth from three shallow copies of the model (meta execution is Python-bound).
+
+    Every vision layer and every decoder layer is identical, so FLOPs are exactly affine in the two
+    depths: ``c(Lv, Ld) = c(2, 2) + (Lv - 2) [c(3, 2) - c(2, 2)] + (Ld - 2) [c(2, 3) - c(2, 2)]``. The
+    peak live bytes are affine as well once the peak falls at the same point of the step at every
+    depth (it does from two layers on: the start of the policy's backward); ``tests/bench`` checks
+    both against a direct count at depth 4.
+    """
+
+    def __init__(self, config: LlavaConfig, lora_r: int = 128, lora_dropout: float = 0.05,
+                 dtype: torch.dtype = torch.bfloat16):
+        self.depth = (config.vision_config.num_hidden_layers, config.text_config.num_hidden_layers)
+        self.models = {}
+        for depth in ((2, 2), (3, 2), (2, 3)):
+            shallow = copy.deepcopy(config)
+            shallow.vision_config.num_hidden_layers, shallow.text_config.num_hidden_layers = depth
+            self.models[depth] = meta_policy(shallow, lora_r, lora_dropout, dtype)
+
+    def count(self, provider: str, groups: Sequence[Group], mode: Mode = "gpu") -> Count:
+        c = {depth: count_step(model, provider, groups, mode) for depth, model in self.models.items()}
+        (lv, ld), base = self.depth, c[(2, 2)]
+
+        def extrapolate(field: str) -> int:
+            b = getattr(base, field)
+            return b + (lv - 2) * (getattr(c[(3, 2)], field) - b) + (ld - 2) * (getattr(c[(2, 3)], field) - b)
+
+        return Count(extrapolate("flops"), extrapolate("peak_bytes"), base.pairs)
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+@dataclass(frozen=True)
+class Row:
+    size: str
+    response: int
+    rejected: int
+    provider: str
+    flops_per_pair: float
+    peak_gib_per_pair: float
+
+
+def sweep(size: str, responses: Sequence[int], rejected: Sequence[int], providers: Sequence[str] = tuple(STEPS),
+          progress: bool = True) -> list[Row]:
+    """Counts along response length (one rejected) and along responses per prompt (``RESPONSE`` tokens)."""
+    model = LayerScaled(llava15_config(size))
+    points = [(r, 1) for r in responses] + [(RESPONSE, k) for k in rejected if k != 1 or RESPONSE not in responses]
+    rows = []
+    for response, k in points:
+        for provider in providers:
+            c = model.count(provider, llava_groups(response=response, rejected=k))
+            rows.append(Row(size, response, k, provider, c.flops_per_pair, c.peak_bytes_per_pair / 2**30))
+            if progress:
+                print(f"  {size} response={response} rejected={k} {provider}: {c.flops_per_pair / 1e12:.2f} TFLOP/pair, "
+                      f"{c.peak_bytes_per_pair / 2**30:.2f} GiB/pair", file=sys.stderr)
+    return rows
+
+
+def ratios(rows: Sequence[Row]) -> list[dict]:
+    """ours / peer for FLOPs and memory at every point."""
+    by = {(r.size, r.response, r.rejected, r.provider): r for r in rows}
+    out = []
+    for (size, response, k, provider), r in by.items():
+        if provider in PEERS and (size, response, k, PEERS[provider]) in by:
+            ours = by[(size, response, k, PEERS[provider])]
+            out.append({"size": size, "response": response, "rejected": k, "ours": ours.provider, "peer": provider,
+                        "flops": ours.flops_per_pair / r.flops_per_pair,
+                        "memory": ours.peak_gib_per_pair / r.peak_gib_per_pair})
+    return out
+
+
+def plot(rows: Sequence[Row], path: str | Path) -> None:
+    """ours / peer FLOPs (solid) and activation memory (dashed) per pair, vs response length and vs k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = ratios(rows)
+    sizes = sorted({r["size"] for r in table})
+    fig, axes = plt.subplots(len(sizes), 2, figsize=(11, 4 * len(sizes)), squeeze=False)
+    for i, size in enumerate(sizes):
+        for j, (axis, fixed, label) in enumerate((("response", ("rejected", 1), "response tokens (1 rejected)"),
+                                                  ("rejected", ("response", RESPONSE),
+                                                   f"rejected responses per prompt ({RESPONSE} tokens)"))):
+            ax = axes[i][j]
+            for peer in sorted({r["peer"] for r in table}):
+                pts = sorted((r[axis], r["flops"], r["memory"]) for r in table
+                             if r["size"] == size and r["peer"] == peer and r[fixed[0]] == fixed[1])
+                if len(pts) < 2:
+                    continue
+                xs = [p[0] for p in pts]
+                line, = ax.plot(xs, [p[1] for p in pts], marker="o", label=f"FLOPs {pts and ('ours-s2' if peer == 'povid' else 'ours-s1')} / {peer}")
+                ax.plot(xs, [p[2] for p in pts], ls="--", marker="x", color=line.get_color(), label=f"memory, / {peer}")
+            ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+            ax.set_xscale("log", base=2)
+            ax.set_ylim(0, 1.05)
+            ax.set_xlabel(label)
+            ax.set_ylabel("ours / peer, per pair")
+            ax.set_title(f"LLaVA-1.5-{size}, 576 image + {PROMPT_TEXT} prompt tokens, LoRA r=128")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", nargs="+", default=["7b", "13b"])
+    parser.add_argument("--responses", nargs="+", type=int, default=[30, 60, 120, 240, 480])
+    parser.add_argument("--rejected", nargs="+", type=int, default=[1, 2, 4, 8])
+    parser.add_argument("--png", default=str(Path(__file__).with_name("flops_ratio.png")))
+    parser.add_argument("--json", default=None, help="also write the rows here")
+    args = parser.parse_args(argv)
+    rows = [row for size in args.sizes for row in sweep(size, args.responses, args.rejected)]
+    print("| size | response | rejected | ours | peer | FLOPs ours/peer | memory ours/peer |")
+    print("| --- | ---: | ---: | --- | --- | ---: | ---: |")
+    for r in ratios(rows):
+        print(f"| {r['size']} | {r['response']} | {r['rejected']} | {r['ours']} | {r['peer']} | {r['flops']:.3f} | "
+              f"{r['memory']:.3f} |")
+    plot(rows, args.png)
+    print(f"plot: {args.png}")
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=1))
+
+
+if __name__ == "__main__":
+    main()

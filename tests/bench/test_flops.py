@@ -1,0 +1,111 @@
+"""The benchmark's compared steps and its meta-device FLOP model, at toy size on the CPU.
+
+* every provider's step runs and computes the same loss as ours on the same pairs (equal work);
+* the FLOP model's composed steps, in their CPU mode on a meta copy of the model, count exactly the
+  FLOPs FlopCounterMode counts on the real steps (so at LLaVA geometry only the documented GPU
+  switches differ);
+* extrapolating counts from shallow copies (``LayerScaled``) equals a direct count.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import flops
+from baselines import CONFIGS, PROVIDERS, build_workload
+
+LOSS_TOL = 1e-4  # fp32; observed differences are ~1e-6
+
+
+def _available(name: str) -> bool:
+    if name == "trl":
+        try:
+            import trl  # noqa: F401
+        except ImportError:
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def workload(tmp_path_factory):
+    return build_workload(replace(CONFIGS["tiny"], pairs=2), str(tmp_path_factory.mktemp("scenes")))
+
+
+@pytest.fixture(scope="module")
+def groups(workload):
+    return [flops.Group(len(r.prompt), len(r.chosen), tuple(len(x) for x in r.rejected)) for r in workload.records]
+
+
+@pytest.fixture(scope="module")
+def meta_model(workload):
+    return flops.meta_policy(workload.base_model.config, lora_r=workload.config.lora_r, lora_dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def ours_losses(workload):
+    return {stage: float(PROVIDERS[f"ours-s{stage}"].make(workload)()) for stage in (1, 2)}
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+def test_step_runs_gives_ours_loss_and_flop_model_matches(provider, workload, groups, meta_model, ours_losses):
+    if not _available(provider):
+        pytest.skip("trl is a benchmark-only dependency: pip install -r bench/requirements.txt")
+    spec = PROVIDERS[provider]
+    step = spec.make(workload)
+    loss = float(step())
+    assert abs(loss - ours_losses[spec.stage]) <= LOSS_TOL, (provider, loss, ours_losses[spec.stage])
+    assert any(p.grad is not None for n, p in step.model.named_parameters() if "lora_B" in n)
+    assert abs(loss - 0.6931) > 1e-3, "random adapters should move the loss away from log 2"
+
+    real = flops.count_flops(step)
+    modelled = flops.count_step(meta_model, provider, groups, mode="cpu")
+    assert modelled.flops == real, (provider, modelled.flops, real)
+    # GPU mode drops only what the GPU paths skip: ours, the dense (T, T) block mask (varlen instead);
+    # TRL, the LM head on non-completion rows. The others attend densely per row either way.
+    gpu = flops.count_step(meta_model, provider, groups, mode="gpu")
+    assert gpu.peak_bytes > 0
+    assert gpu.flops < real if provider in ("ours-s1", "ours-s2", "trl") else gpu.flops == real
+
+
+def test_flash_like_counts_like_sdpa():
+    q, k, v = (torch.empty(2, 4, 24, 16, device="meta", requires_grad=True) for _ in range(3))
+    with flops.meta_friendly(), flops.flop_counter() as fc:
+        flops.FlashLike.apply(q, k, v).sum().backward()
+    ours = fc.get_total_flops()
+    q, k, v = (torch.randn(2, 4, 24, 16, requires_grad=True) for _ in range(3))
+    with flops.flop_counter() as fc, torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+    assert ours == fc.get_total_flops()
+
+
+def test_layer_scaled_equals_direct_count(workload, groups):
+    config = copy.deepcopy(workload.base_model.config)
+    config.vision_config.num_hidden_layers, config.text_config.num_hidden_layers = 3, 4
+    scaled = flops.LayerScaled(config, lora_r=8)
+    direct = flops.meta_policy(config, lora_r=8)
+    for provider in ("ours-s2", "trl-full"):
+        a, b = scaled.count(provider, groups), flops.count_step(direct, provider, groups)
+        assert a.flops == b.flops
+        assert a.peak_bytes == pytest.approx(b.peak_bytes, rel=0.02)
+
+
+def test_llava15_geometry():
+    config = flops.llava15_config("7b")
+    with torch.device("meta"):
+        n_base = sum(p.numel() for p in flops.LlavaForConditionalGeneration(config).parameters())
+    assert 7.0e9 < n_base < 7.1e9  # llava-1.5-7b-hf: 7.06B
+    shallow = copy.deepcopy(config)
+    shallow.vision_config.num_hidden_layers = shallow.text_config.num_hidden_layers = 1
+    model = flops.meta_policy(shallow)
+    n_lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert n_lora == 128 * (4 * (4096 + 4096) + 3 * (4096 + 11008))  # r=128 on q,k,v,o,gate,up,down
+    assert all(p.requires_grad == ("lora_" in n) for n, p in model.named_parameters())
+    assert flops.llava_groups()[0] == flops.Group(626, 120, (120,))
