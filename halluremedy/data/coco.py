@@ -90,7 +90,7 @@ class CocoDataset:
 
     @classmethod
     def load(cls, root: str | os.PathLike, split: str, *, require_captions: bool = False,
-             check_files: bool = True) -> "CocoDataset":
+             check_files: bool = True) -> CocoDataset:
         """Load ``ROOT/annotations/{instances,captions}_{split}.json`` and index ``ROOT/{split}/``."""
         root = Path(root)
         inst_path = root / "annotations" / f"instances_{split}.json"

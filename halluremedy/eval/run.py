@@ -90,13 +90,13 @@ def summary_row(result: dict) -> dict[str, float]:
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     """Markdown table: one row per model/run name, one column per headline metric."""
-    cols = sorted({c for r in rows.values() for c in r}, key=_col_order)
+    cols = sorted({c for r in rows.values() for c in r}, key=column_order)
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{r[c]:.3f}" if c in r else "" for c in cols) + " |")
     return "\n".join(lines)
 
 
-def _col_order(col: str) -> tuple[int, str]:
+def column_order(col: str) -> tuple[int, str]:
     order = ["CHAIR_s", "CHAIR_i", "recall", "len", "POPE-ran", "POPE-pop", "POPE-adv"]
     return next((k for k, p in enumerate(order) if col.startswith(p)), len(order)), col

@@ -13,11 +13,22 @@ CLI::
 """
 
 from halluremedy.generate.cooccurrence import CooccurrenceStats
-from halluremedy.generate.injector import (COOCCUR_MODES, EDIT_KINDS, CaptionEditor, CooccurMode, EditKind,
-                                           EditLexicon, RuleBasedEditor)
+from halluremedy.generate.injector import (
+                                           COOCCUR_MODES,
+                                           EDIT_KINDS,
+                                           CaptionEditor,
+                                           CooccurMode,
+                                           EditKind,
+                                           EditLexicon,
+                                           RuleBasedEditor,
+)
 from halluremedy.generate.llm_editor import LLMEditError, LLMEditor, LLMEditorConfig
-from halluremedy.generate.pairs import (PairGeneration, build_preference_pairs, caption_prompt_by_index,
-                                        generate_preference_pairs)
+from halluremedy.generate.pairs import (
+                                           PairGeneration,
+                                           build_preference_pairs,
+                                           caption_prompt_by_index,
+                                           generate_preference_pairs,
+)
 
 __all__ = ["COOCCUR_MODES", "EDIT_KINDS", "CaptionEditor", "CooccurMode", "CooccurrenceStats", "EditKind",
            "EditLexicon", "LLMEditError", "LLMEditor", "LLMEditorConfig", "PairGeneration", "RuleBasedEditor",

@@ -37,10 +37,15 @@ from vlm_kernels import diffusion_noise, linear_argmax
 from halluremedy.data.conversation import ConversationEncoder
 from halluremedy.data.images import ImageBank
 from halluremedy.data.preference import PreferenceRecord
-from halluremedy.models.packed import PackedBatch, llava_parts, pack_groups, packed_hidden_states, \
-    packed_response_logprobs
-from halluremedy.train.losses import PairLogps, dpo_objective, nll_term, povid_stage2_loss
+from halluremedy.models.packed import (
+    PackedBatch,
+    llava_parts,
+    pack_groups,
+    packed_hidden_states,
+    packed_response_logprobs,
+)
 from halluremedy.train.loop import LoopConfig, train_loop
+from halluremedy.train.losses import PairLogps, dpo_objective, nll_term, povid_stage2_loss
 from halluremedy.train.sft import EpochSampler
 
 ReferenceMode = Literal["adapter", "copy", "precomputed"]

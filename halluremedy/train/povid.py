@@ -16,8 +16,14 @@ from halluremedy.data.images import ImageBank
 from halluremedy.data.preference import PreferenceRecord
 from halluremedy.models.llava import image_seq_length, load_model, save_model
 from halluremedy.models.lora import add_lora, merge_lora
-from halluremedy.train.dpo import (PreferenceBatches, PreferenceObjective, Reference, load_reference_cache,
-                                   precompute_reference, train_preference)
+from halluremedy.train.dpo import (
+    PreferenceBatches,
+    PreferenceObjective,
+    Reference,
+    load_reference_cache,
+    precompute_reference,
+    train_preference,
+)
 from halluremedy.train.loop import LoopConfig, plot_metrics
 from halluremedy.train.sft import SupervisedBatches, train_sft
 

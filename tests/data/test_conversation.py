@@ -3,8 +3,15 @@
 import pytest
 
 from halluremedy.data.coco import DatasetError
-from halluremedy.data.conversation import (IGNORE_INDEX, Conversation, ConversationEncoder, Turn, load_conversations,
-                                           parse_conversation, write_jsonl_atomic)
+from halluremedy.data.conversation import (
+    IGNORE_INDEX,
+    Conversation,
+    ConversationEncoder,
+    Turn,
+    load_conversations,
+    parse_conversation,
+    write_jsonl_atomic,
+)
 
 
 def test_encoding_labels_cover_answers_only(tiny_llava_factory):

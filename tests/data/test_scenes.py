@@ -10,10 +10,27 @@ import pytest
 
 import halluremedy.data.scenes.world as world
 from halluremedy.data.coco import CocoDataset
-from halluremedy.data.scenes import (CLASSES, PALETTE, PARTNER_PAIRS, PARTNERS, SYNONYMS, Scene, SceneConfig,
-                                     SceneObject, caption_scene, describe_object, make_captions, make_dataset, plural,
-                                     relation_between, relations, render, sample_scene, scene_text_vocabulary,
-                                     shape_alpha)
+from halluremedy.data.scenes import (
+    CLASSES,
+    PALETTE,
+    PARTNER_PAIRS,
+    PARTNERS,
+    SYNONYMS,
+    Scene,
+    SceneConfig,
+    SceneObject,
+    caption_scene,
+    describe_object,
+    make_captions,
+    make_dataset,
+    plural,
+    relation_between,
+    relations,
+    render,
+    sample_scene,
+    scene_text_vocabulary,
+    shape_alpha,
+)
 from halluremedy.data.scenes.__main__ import main as cli_main
 
 CFG = SceneConfig()

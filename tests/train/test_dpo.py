@@ -9,9 +9,19 @@ from halluremedy.data.conversation import ConversationEncoder
 from halluremedy.data.images import ImageBank
 from halluremedy.data.preference import PreferenceRecord
 from halluremedy.models.lora import add_lora
-from halluremedy.train.dpo import (PreferenceBatches, PreferenceObjective, Reference, cached_reference,
-                                   noise_argmax, noise_seed, noised_pixels, precompute_reference, preference_loss,
-                                   reference_logps, score_batch)
+from halluremedy.train.dpo import (
+    PreferenceBatches,
+    PreferenceObjective,
+    Reference,
+    cached_reference,
+    noise_argmax,
+    noise_seed,
+    noised_pixels,
+    precompute_reference,
+    preference_loss,
+    reference_logps,
+    score_batch,
+)
 
 PROMPT = "Describe this image."
 

@@ -14,13 +14,37 @@ does the same::
     python -m halluremedy.data.scenes --out data/scenes --split val --n 500 --seed 1
 """
 
-from halluremedy.data.scenes.captions import (NUMBER_WORDS, Caption, Phantom, caption_scene, make_captions, plural,
-                                              sample_phantom, scene_text_vocabulary)
+from halluremedy.data.scenes.captions import (
+                                              NUMBER_WORDS,
+                                              Caption,
+                                              Phantom,
+                                              caption_scene,
+                                              make_captions,
+                                              plural,
+                                              sample_phantom,
+                                              scene_text_vocabulary,
+)
 from halluremedy.data.scenes.dataset import make_dataset
 from halluremedy.data.scenes.render import object_rgb, render, shape_alpha
-from halluremedy.data.scenes.world import (CLASSES, COLORS, CONTRASTS, PALETTE, PARTNER_PAIRS, PARTNERS, RELATIONS,
-                                           SIZES, STYLES, SYNONYMS, Scene, SceneConfig, SceneObject, describe_object,
-                                           relation_between, relations, sample_scene)
+from halluremedy.data.scenes.world import (
+                                              CLASSES,
+                                              COLORS,
+                                              CONTRASTS,
+                                              PALETTE,
+                                              PARTNER_PAIRS,
+                                              PARTNERS,
+                                              RELATIONS,
+                                              SIZES,
+                                              STYLES,
+                                              SYNONYMS,
+                                              Scene,
+                                              SceneConfig,
+                                              SceneObject,
+                                              describe_object,
+                                              relation_between,
+                                              relations,
+                                              sample_scene,
+)
 
 __all__ = ["CLASSES", "COLORS", "CONTRASTS", "PALETTE", "PARTNER_PAIRS", "PARTNERS", "RELATIONS", "SIZES",
            "SYNONYMS", "STYLES", "NUMBER_WORDS", "SceneConfig", "Scene", "SceneObject", "Phantom", "Caption",

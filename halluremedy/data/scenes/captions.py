@@ -21,8 +21,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from halluremedy.data.scenes.world import (COLORS, CONTRASTS, RELATIONS, SIZES, STYLES, SYNONYMS, Scene,
-                                           SceneConfig, relation_between)
+from halluremedy.data.scenes.world import (
+    COLORS,
+    CONTRASTS,
+    RELATIONS,
+    SIZES,
+    STYLES,
+    SYNONYMS,
+    Scene,
+    SceneConfig,
+    relation_between,
+)
 from halluremedy.prompts import article
 
 __all__ = ["NUMBER_WORDS", "Phantom", "Caption", "plural", "sample_phantom", "caption_scene",
