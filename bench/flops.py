@@ -365,9 +365,12 @@ def _argmax(policy: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return _torch_argmax(hidden, head.weight, head.bias, default_stream_config(hidden.dtype))
 
 
-def ours_step(policy: torch.nn.Module, groups: Sequence[Group], stage: int, mode: Mode = "gpu") -> None:
+def ours_step(policy: torch.nn.Module, groups: Sequence[Group], stage: int, mode: Mode = "gpu",
+              reference: Literal["live", "cached", "only"] = "live") -> None:
     """``train_preference``'s micro-step: reference (noised argmax if stage 2, scored), policy (noised
-    argmax if stage 2), policy scored with grad, backward."""
+    argmax if stage 2), policy scored with grad, backward. ``reference="cached"``: the reference's
+    log-probs come from ``precompute_reference``'s cache (stage 1), so only the policy runs;
+    ``"only"``: just the reference's scoring forward (what the precompute costs per batch)."""
     scored = [(g.prompt, [g.chosen, *g.rejected]) for g in groups]
     noised = [(g.prompt, [g.chosen]) for g in groups]
     n_scored = sum(g.chosen + sum(g.rejected) for g in groups)
@@ -377,10 +380,13 @@ def ours_step(policy: torch.nn.Module, groups: Sequence[Group], stage: int, mode
         return hidden.index_select(0, torch.empty(n, dtype=torch.long, device=hidden.device))
 
     k = 2 if stage == 2 else 1
-    with torch.no_grad(), policy.disable_adapter():
-        if stage == 2:
-            _argmax(policy, rows(_packed_hidden(policy, noised, mode), n_chosen))
-        _logprob(policy, rows(_packed_hidden(policy, scored, mode), n_scored), k)
+    if reference != "cached":
+        with torch.no_grad(), policy.disable_adapter():
+            if stage == 2:
+                _argmax(policy, rows(_packed_hidden(policy, noised, mode), n_chosen))
+            _logprob(policy, rows(_packed_hidden(policy, scored, mode), n_scored), k)
+    if reference == "only":
+        return
     if stage == 2:
         with torch.no_grad():
             _argmax(policy, rows(_packed_hidden(policy, noised, mode), n_chosen))
@@ -493,14 +499,25 @@ STEPS: dict[str, Callable[[torch.nn.Module, Sequence[Group], Mode], None]] = {
     "trl-full": trl_full_step,
     "ours-s2": lambda m, g, mode: ours_step(m, g, 2, mode),
     "povid": povid_step,
+    # ours with ``--reference precomputed`` (stage 1): the policy pass per step, plus the reference
+    # forward once per record for the whole stage (POVID stage 1: 3 epochs), amortised in count_step.
+    "ours-s1-cached": lambda m, g, mode: ours_step(m, g, 1, mode, reference="cached"),
 }
-PEERS = {"trl": "ours-s1", "trl-liger": "ours-s1", "trl-full": "ours-s1", "povid": "ours-s2"}
+PEERS = {"trl": "ours-s1", "trl-liger": "ours-s1", "trl-full": "ours-s1", "povid": "ours-s2"}  # peer -> ours
+COMPARISONS = [("ours-s1", "trl"), ("ours-s1", "trl-liger"), ("ours-s1", "trl-full"), ("ours-s2", "povid"),
+               ("ours-s1-cached", "trl")]
+STAGE1_EPOCHS = 3  # POVID stage 1; the cached reference is computed once for all of them
 
 
 def count_step(policy: torch.nn.Module, provider: str, groups: Sequence[Group], mode: Mode = "gpu") -> Count:
     """FLOPs and peak step memory of ``provider``'s step on ``groups`` (see the module docstring)."""
     policy.zero_grad(set_to_none=True)
-    return count(lambda: STEPS[provider](policy, groups, mode), num_pairs(groups))
+    step = count(lambda: STEPS[provider](policy, groups, mode), num_pairs(groups))
+    if provider != "ours-s1-cached":
+        return step
+    precompute = count(lambda: ours_step(policy, groups, 1, mode, reference="only"), num_pairs(groups))
+    return Count(step.flops + round(precompute.flops / STAGE1_EPOCHS), max(step.peak_bytes, precompute.peak_bytes),
+                 step.pairs)
 
 
 class LayerScaled:
@@ -563,15 +580,16 @@ def sweep(size: str, responses: Sequence[int], rejected: Sequence[int], provider
 
 
 def ratios(rows: Sequence[Row]) -> list[dict]:
-    """ours / peer for FLOPs and memory at every point."""
+    """ours / peer for FLOPs and memory at every point (:data:`COMPARISONS`)."""
     by = {(r.size, r.response, r.rejected, r.provider): r for r in rows}
     out = []
-    for (size, response, k, provider), r in by.items():
-        if provider in PEERS and (size, response, k, PEERS[provider]) in by:
-            ours = by[(size, response, k, PEERS[provider])]
-            out.append({"size": size, "response": response, "rejected": k, "ours": ours.provider, "peer": provider,
-                        "flops": ours.flops_per_pair / r.flops_per_pair,
-                        "memory": ours.peak_gib_per_pair / r.peak_gib_per_pair})
+    for size, response, k in dict.fromkeys((r.size, r.response, r.rejected) for r in rows):
+        for ours, peer in COMPARISONS:
+            if (size, response, k, ours) in by and (size, response, k, peer) in by:
+                a, b = by[(size, response, k, ours)], by[(size, response, k, peer)]
+                out.append({"size": size, "response": response, "rejected": k, "ours": ours, "peer": peer,
+                            "flops": a.flops_per_pair / b.flops_per_pair,
+                            "memory": a.peak_gib_per_pair / b.peak_gib_per_pair})
     return out
 
 
@@ -590,14 +608,15 @@ def plot(rows: Sequence[Row], path: str | Path) -> None:
                                                   ("rejected", ("response", RESPONSE),
                                                    f"rejected responses per prompt ({RESPONSE} tokens)"))):
             ax = axes[i][j]
-            for peer in sorted({r["peer"] for r in table}):
-                pts = sorted((r[axis], r["flops"], r["memory"]) for r in table
-                             if r["size"] == size and r["peer"] == peer and r[fixed[0]] == fixed[1])
+            for ours, peer in COMPARISONS:
+                pts = sorted((r[axis], r["flops"], r["memory"]) for r in table if r["size"] == size
+                             and (r["ours"], r["peer"]) == (ours, peer) and r[fixed[0]] == fixed[1])
                 if len(pts) < 2:
                     continue
                 xs = [p[0] for p in pts]
-                line, = ax.plot(xs, [p[1] for p in pts], marker="o", label=f"FLOPs {pts and ('ours-s2' if peer == 'povid' else 'ours-s1')} / {peer}")
-                ax.plot(xs, [p[2] for p in pts], ls="--", marker="x", color=line.get_color(), label=f"memory, / {peer}")
+                line, = ax.plot(xs, [p[1] for p in pts], marker="o", label=f"FLOPs {ours} / {peer}")
+                ax.plot(xs, [p[2] for p in pts], ls="--", marker="x", color=line.get_color(),
+                        label=f"activation memory {ours} / {peer}")
             ax.axhline(0.5, color="grey", lw=0.8, ls=":")
             ax.set_xscale("log", base=2)
             ax.set_ylim(0, 1.05)
