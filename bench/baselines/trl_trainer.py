@@ -36,9 +36,12 @@ def make_trl_trainer(workload: Workload) -> Callable[[], torch.Tensor]:
     # DPOTrainer wants a dataset at construction; the benchmark never iterates it.
     dataset = Dataset.from_dict({"prompt": ["USER: <image>\nDescribe this image. ASSISTANT:"], "chosen": [" yes."],
                                  "rejected": [" no."], "images": [[Image.new("RGB", (size, size))]]})
+    param = next(workload.base_model.parameters())
+    # TRL defaults to gradient checkpointing; off here, as for every provider (no recomputation).
     args = DPOConfig(output_dir=tempfile.mkdtemp(prefix="halluremedy-bench-trl-"), beta=BETA, loss_type=["sigmoid"],
-                     per_device_train_batch_size=workload.config.pairs, max_length=None, use_cpu=True,
-                     bf16=False, fp16=False, report_to=[], disable_dropout=True, gradient_checkpointing=False)
+                     per_device_train_batch_size=workload.config.pairs, max_length=None,
+                     use_cpu=param.device.type == "cpu", bf16=param.dtype == torch.bfloat16, fp16=False,
+                     report_to=[], disable_dropout=True, gradient_checkpointing=False)
     trainer = DPOTrainer(model=copy.deepcopy(workload.base_model), ref_model=None, args=args, train_dataset=dataset,
                          processing_class=workload.processor, peft_config=workload.lora_config())
     workload.load_adapters(trainer.model)
