@@ -97,9 +97,11 @@ def _group(config: str, stage: int) -> str:
 @pytest.mark.parametrize("provider", list(PROVIDERS))
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_step(benchmark, bench_report, workloads, ours_loss, config: str, provider: str):
-    if provider == "trl" and not _has_trl():
-        pytest.skip("pip install -r bench/requirements.txt")
     spec, cfg = PROVIDERS[provider], CONFIGS[config]
+    if spec.needs_trl and not _has_trl():
+        pytest.skip("pip install -r bench/requirements.txt")
+    if spec.cuda_only:
+        pytest.skip("Liger's Triton layer kernels need a GPU (bench/gpu_throughput.py runs them)")
     workload = workloads(config)
     step = spec.make(workload)
     flop_count = flops.count_flops(step)  # also the warm-up

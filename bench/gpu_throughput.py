@@ -169,8 +169,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = []
     for name in args.providers:
         provider = PROVIDERS[name]
-        if name == "trl":
+        if provider.needs_trl:
             workload.processor = _tiny_processor(0)
+        if provider.cuda_only and not cuda:
+            continue
         try:
             m = measure(provider.make, workload, args.warmup, args.steps, cuda)
         except Exception as e:  # one provider failing (e.g. out of memory) must not lose the others
@@ -178,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if cuda:
                 torch.cuda.empty_cache()
             continue
-        flop_count = scaled.count(name, groups).flops
+        flop_count = scaled.count(provider.flops_as or name, groups).flops
         row = {"kind": "gpu-throughput", "date": date, "commit": commit, "device": device_name,
                "config": f"llava-1.5-{args.size} (random weights)", "provider": name, "stage": provider.stage,
                "pairs": pairs, "tokens_per_pair": tokens / pairs, "time_per_pair_ms": 1e3 * m["seconds"] / pairs,

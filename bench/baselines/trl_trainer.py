@@ -27,7 +27,10 @@ from .trl_style import trl_layout
 from .workload import BETA, Workload
 
 
-def make_trl_trainer(workload: Workload) -> Callable[[], torch.Tensor]:
+def make_trl_trainer(workload: Workload, liger_kernels: bool = False) -> Callable[[], torch.Tensor]:
+    """``liger_kernels``: ``DPOConfig(use_liger_kernel=True)``, whose Liger layer kernels (RMSNorm, SwiGLU,
+    RoPE; Triton, so CUDA only) ``Trainer`` patches in when ``train()`` starts: done here by hand, since
+    the benchmark calls ``training_step`` directly. TRL keeps its own LM head either way."""
     from datasets import Dataset
     from PIL import Image
     from trl import DPOConfig, DPOTrainer
@@ -41,10 +44,14 @@ def make_trl_trainer(workload: Workload) -> Callable[[], torch.Tensor]:
     args = DPOConfig(output_dir=tempfile.mkdtemp(prefix="halluremedy-bench-trl-"), beta=BETA, loss_type=["sigmoid"],
                      per_device_train_batch_size=workload.config.pairs, max_length=None,
                      use_cpu=param.device.type == "cpu", bf16=param.dtype == torch.bfloat16, fp16=False,
-                     report_to=[], disable_dropout=True, gradient_checkpointing=False)
+                     report_to=[], disable_dropout=True, gradient_checkpointing=False, use_liger_kernel=liger_kernels)
     trainer = DPOTrainer(model=copy.deepcopy(workload.base_model), ref_model=None, args=args, train_dataset=dataset,
                          processing_class=workload.processor, peft_config=workload.lora_config())
     workload.load_adapters(trainer.model)
+    if liger_kernels:
+        from transformers.integrations.liger import apply_liger_kernel
+
+        apply_liger_kernel(trainer.model, args.liger_kernel_config)
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which the benchmark bypasses
     inputs = trl_layout(workload.records, workload.clean, workload.pad_token_id).model_inputs()
 
