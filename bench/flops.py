@@ -37,8 +37,16 @@ the CPU runs instead (our dense (T, T) block mask, TRL's all-position head, SDPA
 ``tests/bench/test_flops.py`` checks that, in that mode, these composed steps count exactly the
 FLOPs FlopCounterMode counts on the real CPU steps of ``bench/baselines`` (tiny model, same shapes).
 
-Run: ``python bench/flops.py`` (7B and 13B sweeps over response length and responses per prompt,
-``bench/flops_ratio.png``, a table on stdout; about a minute per size).
+Providers are ``bench/baselines``' (``STEPS``), plus ``ours-s1-cached``: ours with
+``--reference precomputed`` (stage 1), i.e. the policy pass per step plus the reference's scoring
+forward once per record for the whole stage, amortised over POVID's 3 stage-1 epochs (TRL refuses
+to precompute reference log-probs for vision data).
+
+Counting is Python-bound on meta tensors, so :class:`LayerScaled` counts shallow copies and
+extrapolates (exactly for FLOPs, checked for memory).
+
+Run: ``python bench/flops.py`` (7B and 13B sweeps over response length and responses per prompt:
+a markdown table on stdout and ``bench/flops_ratio.png``; about 5 minutes per size on a busy core).
 """
 
 from __future__ import annotations
@@ -593,39 +601,47 @@ def ratios(rows: Sequence[Row]) -> list[dict]:
     return out
 
 
+PLOTTED = [("ours-s1", "trl"), ("ours-s1", "trl-liger"), ("ours-s2", "povid"), ("ours-s1-cached", "trl")]
+
+
 def plot(rows: Sequence[Row], path: str | Path) -> None:
-    """ours / peer FLOPs (solid) and activation memory (dashed) per pair, vs response length and vs k."""
+    """ours / peer per pair: FLOPs (solid) and activation memory (dashed), vs response length and vs k."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     table = ratios(rows)
-    sizes = sorted({r["size"] for r in table})
-    fig, axes = plt.subplots(len(sizes), 2, figsize=(11, 4 * len(sizes)), squeeze=False)
+    sizes = sorted({r["size"] for r in table}, key=lambda size: float(size.rstrip("b")))
+    fig, axes = plt.subplots(len(sizes), 2, figsize=(11, 3.6 * len(sizes) + 0.8), squeeze=False)
+    colors = dict(zip(PLOTTED, ("tab:blue", "tab:orange", "tab:red", "tab:purple")))
+    panels = (("response", ("rejected", 1), "response tokens (one rejected answer)"),
+              ("rejected", ("response", RESPONSE), f"rejected answers per prompt ({RESPONSE} tokens each)"))
     for i, size in enumerate(sizes):
-        for j, (axis, fixed, label) in enumerate((("response", ("rejected", 1), "response tokens (1 rejected)"),
-                                                  ("rejected", ("response", RESPONSE),
-                                                   f"rejected responses per prompt ({RESPONSE} tokens)"))):
+        for j, (axis, (key, value), label) in enumerate(panels):
             ax = axes[i][j]
-            for ours, peer in COMPARISONS:
+            for ours, peer in PLOTTED:
                 pts = sorted((r[axis], r["flops"], r["memory"]) for r in table if r["size"] == size
-                             and (r["ours"], r["peer"]) == (ours, peer) and r[fixed[0]] == fixed[1])
+                             and (r["ours"], r["peer"]) == (ours, peer) and r[key] == value)
                 if len(pts) < 2:
                     continue
                 xs = [p[0] for p in pts]
-                line, = ax.plot(xs, [p[1] for p in pts], marker="o", label=f"FLOPs {ours} / {peer}")
-                ax.plot(xs, [p[2] for p in pts], ls="--", marker="x", color=line.get_color(),
-                        label=f"activation memory {ours} / {peer}")
+                ax.plot(xs, [p[1] for p in pts], marker="o", color=colors[(ours, peer)],
+                        label=f"FLOPs {ours} / {peer}")
+                if ours != "ours-s1-cached":  # same activation memory as ours-s1
+                    ax.plot(xs, [p[2] for p in pts], ls="--", marker="x", color=colors[(ours, peer)],
+                            label=f"activation memory {ours} / {peer}")
             ax.axhline(0.5, color="grey", lw=0.8, ls=":")
             ax.set_xscale("log", base=2)
-            ax.set_ylim(0, 1.05)
+            ax.set_xticks(xs, [str(x) for x in xs])
+            ax.set_ylim(0, 1.0)
             ax.set_xlabel(label)
             ax.set_ylabel("ours / peer, per pair")
-            ax.set_title(f"LLaVA-1.5-{size}, 576 image + {PROMPT_TEXT} prompt tokens, LoRA r=128")
+            ax.set_title(f"LLaVA-1.5-{size}: 576 image + {PROMPT_TEXT} prompt tokens, LoRA r=128", fontsize=10)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07 if len(sizes) > 1 else 0.12, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -636,9 +652,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--responses", nargs="+", type=int, default=[30, 60, 120, 240, 480])
     parser.add_argument("--rejected", nargs="+", type=int, default=[1, 2, 4, 8])
     parser.add_argument("--png", default=str(Path(__file__).with_name("flops_ratio.png")))
-    parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--json", default=str(Path(__file__).with_name("flops_sweep.json")),
+                        help="write the counted rows here")
+    parser.add_argument("--from-json", help="plot and tabulate rows written earlier instead of counting")
     args = parser.parse_args(argv)
-    rows = [row for size in args.sizes for row in sweep(size, args.responses, args.rejected)]
+    if args.from_json:
+        rows = [Row(**r) for r in json.loads(Path(args.from_json).read_text())]
+    else:
+        rows = [row for size in args.sizes for row in sweep(size, args.responses, args.rejected)]
+        Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
     print("| size | response | rejected | ours | peer | FLOPs ours/peer | memory ours/peer |")
     print("| --- | ---: | ---: | --- | --- | ---: | ---: |")
     for r in ratios(rows):
@@ -646,8 +668,6 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"{r['memory']:.3f} |")
     plot(rows, args.png)
     print(f"plot: {args.png}")
-    if args.json:
-        Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=1))
 
 
 if __name__ == "__main__":
