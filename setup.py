@@ -15,7 +15,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["halluremedy", "halluremedy.*"]) + ["vlm_kernels"],
     package_dir={"vlm_kernels": "kernels"},
-    package_data={"halluremedy": ["configs/*.yaml"]},
+    package_data={"halluremedy": ["assets/scene_base/*"]},
     install_requires=[
         # 2.13 is the oldest release we test; CI installs the CPU build first.
         "torch>=2.13,<2.15",

@@ -4,7 +4,8 @@ mean ± std of every headline metric (CHAIR greedy and sampled, recall, POPE F1 
     python scripts/povid_experiment.py --seeds 0 1 2 --out runs/povid_exp
     python scripts/povid_experiment.py --seeds 0 1 2 --out runs/povid_exp -- --stage2-steps 200 --nll-alpha 0.5
 
-Arguments after ``--`` go to every ``train_dpo.py`` run. Finished seeds are reused (``--resume``).
+Arguments after ``--`` go to every ``train_dpo.py`` run. Finished seeds (``eval.json`` present) are reused
+and interrupted ones resume (``--resume``).
 Writes ``OUT/summary.json`` and ``OUT/summary.md``.
 """
 
@@ -59,8 +60,9 @@ def main() -> None:
         run_dir = out / f"seed{seed}"
         cmd = [sys.executable, str(HERE / "train_dpo.py"), "--seed", str(seed), "--out", str(run_dir), "--control",
                "--resume", *passthrough]
-        print("$", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
+        if not (run_dir / "eval.json").exists():
+            print("$", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True)
         results = json.loads((run_dir / "eval.json").read_text())["results"]
         per_seed[seed] = {model: summary_row(r) for model, r in results.items()}
     summary = aggregate(per_seed)

@@ -33,6 +33,7 @@ class SFTRecipe:
     seed: int = option(0, "seed for init, data order and evaluation sampling")
     caption_noise: float = option(SceneDataSpec.caption_noise, "share of eligible training captions that mention an absent partner (new data only)")
     eval_images: int = option(500, "held-out images for CHAIR and POPE")
+    init: str = option("", "continue from this model directory instead of a fresh tiny model")
     resume: bool = option(False, "continue from OUT/checkpoint")
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     cfg = parse_config(SFTRecipe, __doc__)
     train, heldout = ensure_scene_data(cfg.data, SceneDataSpec(caption_noise=cfg.caption_noise))
     spec = BaseTrainSpec(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
-    model_dir = train_base_model(train, cfg.out, spec, resume=cfg.resume)
+    model_dir = train_base_model(train, cfg.out, spec, init=cfg.init or None, resume=cfg.resume)
     model, processor = load_model(model_dir)
     result = evaluate(model, processor, heldout, EvalConfig(
         chair_images=cfg.eval_images, pope_images=cfg.eval_images, seed=cfg.seed,
