@@ -15,6 +15,7 @@
    reflective     REVERIE: question -> answer, then "Explain why." -> rationale and
                   "Explain why this answer is wrong: ..." -> rationale, separate samples
    answer-only    the same questions, answers only
+   reflective-positive / reflective-negative: one rationale kind only (REVERIE's ablation)
    ============== =====================================================================
 
 3. Train each arm from the base with LoRA for the same steps and batch size (SFT arms through
@@ -23,11 +24,11 @@
    ``OUT/report.md``, ``OUT/before_after.png`` and ``OUT/results.json`` (mean ± std over seeds,
    paired differences targeted - untargeted and reflective - answer-only).
 
-    python scripts/remedy_loop.py                                   # seed 0, the four SFT arms
-    python scripts/remedy_loop.py --seeds 0 1 2 --arms targeted-sft untargeted-sft targeted-dpo \\
-        untargeted-dpo reflective answer-only                       # the full protocol
+    python scripts/remedy_loop.py                     # seed 0, six arms (~15 min on 1 CPU thread, tiny model)
+    python scripts/remedy_loop.py --seeds 0 1 2       # the full protocol: mean ± std over 3 seeds
 
-Finished arms are reused (``--resume``, on by default), so a run can be extended seed by seed.
+Finished arms are reused (``--resume``, on by default), so a run can be extended seed by seed; use a
+fresh ``--out`` after changing data or training options (reuse does not compare them).
 """
 
 from __future__ import annotations
@@ -72,8 +73,12 @@ from halluremedy.pipeline import (
 from halluremedy.train.dpo import PreferenceObjective
 from halluremedy.train.povid import TuningSpec, run_preference_stage
 
-ARMS = ("targeted-sft", "untargeted-sft", "targeted-dpo", "untargeted-dpo", "reflective", "answer-only")
-COMPARISONS = (("targeted-sft", "untargeted-sft"), ("targeted-dpo", "untargeted-dpo"), ("reflective", "answer-only"))
+ARMS = ("targeted-sft", "untargeted-sft", "targeted-dpo", "untargeted-dpo", "reflective", "answer-only",
+        "reflective-positive", "reflective-negative")
+REFLECTIVE_LAYOUTS = {"reflective": "both", "answer-only": "answer", "reflective-positive": "positive",
+                      "reflective-negative": "negative"}
+COMPARISONS = (("targeted-sft", "untargeted-sft"), ("targeted-dpo", "untargeted-dpo"), ("reflective", "answer-only"),
+               ("reflective-positive", "answer-only"), ("reflective-negative", "answer-only"))
 COLUMNS = ("CHAIR_s/greedy", "CHAIR_i/greedy", "recall/greedy", "diagnosed/CHAIR_s", "POPE-ran/F1", "POPE-pop/F1",
            "POPE-adv/F1", "POPE-ran/acc", "POPE-pop/acc", "POPE-adv/acc", "POPE-adv/yes")
 LIST_FLAGS = ("--seeds", "--arms")
@@ -94,11 +99,11 @@ class RemedyConfig:
     scene_train_images: int = option(SceneDataSpec.n_train, "embedded default only: scene-world training images")
     scene_heldout_images: int = option(SceneDataSpec.n_heldout, "embedded default only: held-out images")
     out: str = option("runs/remedy", "output directory")
-    arms: str = option("targeted-sft,untargeted-sft,reflective,answer-only",
+    arms: str = option("targeted-sft,untargeted-sft,targeted-dpo,untargeted-dpo,reflective,answer-only",
                        f"arms, comma- or space-separated, of {','.join(ARMS)}")
     seeds: str = option("0", "seeds, comma- or space-separated (data, adapters, batch order): e.g. --seeds 0 1 2")
     records: int = option(960, "records per arm and seed (reflective: questions; each gives 2 samples)")
-    steps: int = option(60, "optimiser steps per arm")
+    steps: int = option(120, "optimiser steps per arm")
     batch_size: int = option(16, "samples per step")
     lr: float = option(1e-3, "peak learning rate of the SFT arms (cosine, 3% warmup)")
     dpo_lr: float = option(2e-4, "peak learning rate of the DPO arms")
@@ -173,7 +178,7 @@ def arm_data(arm: str, train: CocoDataset, weights: dict[str, TargetWeights], cf
         return "dpo", records
     records = scene_reflective_records(train, n, seed=seed, weights=weights[cfg.reflective_weights])
     write_reflective(out / "reflective.jsonl", records)
-    conversations = reflective_conversations(records, "both" if arm == "reflective" else "answer")
+    conversations = reflective_conversations(records, REFLECTIVE_LAYOUTS[arm])
     write_instructions(out / "data.jsonl", conversations)
     return "sft", conversations
 

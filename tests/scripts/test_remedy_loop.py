@@ -11,7 +11,8 @@ SCRIPT = ROOT / "scripts" / "remedy_loop.py"
 
 
 def _run(*args, cwd):
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=900,
+                          check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
