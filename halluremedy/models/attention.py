@@ -14,12 +14,14 @@ and ``R_gj[:i+1]``. One :class:`VarlenPlan` describes the segments; both backend
 
 * ``flash_attn_varlen_func`` (CUDA, fp16/bf16, flash-attn installed): queries are the packed row as
   is; keys/values are gathered with ``kv_index`` so the prefix is repeated once per extra response.
-* SDPA elsewhere: :func:`varlen_block_mask` turns the plan into a (T, T) boolean mask, handed to the
-  model as a prepared 4-D ``attention_mask`` (so transformers builds no mask of its own and every
-  layer reuses it) and consumed by transformers' own SDPA function (GQA via ``repeat_kv``).
+* SDPA elsewhere, group by group: groups never attend to each other, so :func:`group_block_masks`
+  turns the plan into one small (L_g, L_g) boolean mask per group span ``[P_g start, last R_g end)``
+  (a :class:`GroupMasks`), and :func:`packed_group_attention` runs torch SDPA on each span's slice
+  of q/k/v. Attention work and mask memory are sum_g L_g^2, not T^2; no (T, T) tensor is built
+  (:func:`varlen_block_mask`, the whole-row mask, is kept as the reference the tests compare with).
 
 Shapes: T packed rows, Tk gathered key rows (T plus one prefix per extra response), S segments,
-H query heads, Hkv key/value heads, d head dim.
+G groups, L_g rows of group g, H query heads, Hkv key/value heads, d head dim.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 try:
@@ -40,6 +42,7 @@ except ImportError:
 
 PACKED_ATTENTION = "halluremedy_packed"
 VARLEN_KWARG = "halluremedy_varlen"  # the keyword the pack's VarlenPlan travels under, model -> attention
+GROUPS_KWARG = "halluremedy_groups"  # the keyword the pack's GroupMasks travel under (SDPA backend)
 
 VarlenFn = Callable[..., torch.Tensor]
 
@@ -69,18 +72,57 @@ class VarlenPlan:
                           self.max_seqlen_q, self.max_seqlen_k)
 
 
-def varlen_block_mask(plan: VarlenPlan, total: int) -> torch.Tensor:
-    """(T, T) bool, True where packed row ``i`` may attend to packed row ``j`` under ``plan``."""
+@dataclass(frozen=True)
+class GroupMasks:
+    """The SDPA backend's view of a packed row: contiguous group spans, each with its own mask.
+
+    spans: ``(start, end)`` per group, in row order; together they cover the row exactly.
+    masks: (L_g, L_g) bool per group, True where row ``start + i`` may attend to row ``start + j``.
+    """
+
+    spans: tuple[tuple[int, int], ...]
+    masks: tuple[torch.Tensor, ...]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [end - start for start, end in self.spans]
+
+
+def group_block_masks(plan: VarlenPlan, spans: list[tuple[int, int]]) -> GroupMasks:
+    """Each group's (L_g, L_g) block of the pack's attention mask; no (T, T) tensor is built.
+
+    ``spans`` must be contiguous, cover the row, and hold every segment (queries and keys) of the
+    plan inside one span, in order; raises ValueError otherwise.
+    """
     device = plan.kv_index.device
-    mask = torch.zeros(total, total, dtype=torch.bool, device=device)
+    if not spans or spans[0][0] != 0 or any(a[1] != b[0] for a, b in zip(spans, spans[1:])) \
+            or any(end <= start for start, end in spans):
+        raise ValueError(f"group spans must be non-empty, contiguous and start at row 0: {spans}")
+    masks = [torch.zeros(end - start, end - start, dtype=torch.bool, device=device) for start, end in spans]
     cu_q, cu_k = plan.cu_seqlens_q.tolist(), plan.cu_seqlens_k.tolist()
+    if cu_q[-1] != spans[-1][1]:
+        raise ValueError(f"the plan covers {cu_q[-1]} rows, the spans {spans[-1][1]}")
+    g = 0
     for s in range(plan.num_segments):
+        while cu_q[s] >= spans[g][1]:
+            g += 1
+        start, end = spans[g]
         len_q, len_k = cu_q[s + 1] - cu_q[s], cu_k[s + 1] - cu_k[s]
-        keys = plan.kv_index[cu_k[s]:cu_k[s + 1]]
+        keys = plan.kv_index[cu_k[s]:cu_k[s + 1]] - start
+        if cu_q[s + 1] > end or len_k and (int(keys.min()) < 0 or int(keys.max()) >= end - start):
+            raise ValueError(f"segment {s} crosses the boundary of group span {spans[g]}")
         # bottom-right causal: query i sees gathered keys 0 .. i + len_k - len_q
         block = torch.ones(len_q, len_k, dtype=torch.bool, device=device).tril(diagonal=len_k - len_q)
-        mask[cu_q[s]:cu_q[s + 1], keys] = block
-    return mask
+        masks[g][cu_q[s] - start:cu_q[s + 1] - start, keys] = block
+    return GroupMasks(tuple((int(a), int(b)) for a, b in spans), tuple(masks))
+
+
+def varlen_block_mask(plan: VarlenPlan, total: int) -> torch.Tensor:
+    """(T, T) bool, True where packed row ``i`` may attend to packed row ``j`` under ``plan``.
+
+    The whole-row reference mask (one span over the row); forwards use :func:`group_block_masks`.
+    """
+    return group_block_masks(plan, [(0, total)]).masks[0]
 
 
 def varlen_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
@@ -153,25 +195,50 @@ def packed_varlen_attention(query: torch.Tensor, key: torch.Tensor, value: torch
     return out.unsqueeze(0)                                       # (1, T, H, d)
 
 
+def packed_group_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           groups: GroupMasks, dropout: float = 0.0, scaling: float | None = None) -> torch.Tensor:
+    """Prefix-shared attention of one packed row through torch SDPA, one call per group span.
+
+    query: (1, H, T, d); key, value: (1, Hkv, T, d). Returns (1, T, H, d), as transformers'
+    ``sdpa_attention_forward`` does. GQA, scaling and dropout as there (``repeat_kv`` under a mask).
+    """
+    key = repeat_kv(key, getattr(module, "num_key_value_groups", 1))
+    value = repeat_kv(value, getattr(module, "num_key_value_groups", 1))
+    lengths = groups.lengths
+    if sum(lengths) != query.shape[2]:
+        raise ValueError(f"group spans cover {sum(lengths)} rows, the row has {query.shape[2]}")
+    # split, not slicing: its backward concatenates the groups' gradients instead of summing G full-size ones
+    outs = [torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                             scale=scaling)
+            for q, k, v, mask in zip(query.split(lengths, dim=2), key.split(lengths, dim=2),
+                                     value.split(lengths, dim=2), groups.masks)]
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous()                # (1, T, H, d)
+
+
 def packed_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                              attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                              **kwargs) -> tuple[torch.Tensor, None]:
     """The ``"halluremedy_packed"`` attention function (transformers' AttentionInterface signature).
 
     With a :class:`VarlenPlan` under ``kwargs[VARLEN_KWARG]``: FlashAttention-2 varlen over the pack.
-    Otherwise exactly transformers' SDPA function, on whatever mask the model built or was given: the
-    pack's (1, 1, T, T) block mask in a packed SDPA forward, HF's own causal/padding mask in ordinary
-    calls (``generate``, plain forwards), which therefore behave as under ``attn_implementation="sdpa"``.
+    With :class:`GroupMasks` under ``kwargs[GROUPS_KWARG]``: torch SDPA group by group (the packed
+    SDPA backend; ``attention_mask`` is then the empty placeholder and ignored).
+    Otherwise exactly transformers' SDPA function on the mask the model built or was given (HF's
+    causal/padding mask in ordinary calls: ``generate``, plain forwards), which therefore behave as
+    under ``attn_implementation="sdpa"``.
     """
     plan = kwargs.pop(VARLEN_KWARG, None)
+    groups = kwargs.pop(GROUPS_KWARG, None)
     if plan is not None:
         return packed_varlen_attention(query, key, value, plan, scaling, dropout), None
+    if groups is not None:
+        return packed_group_attention(module, query, key, value, groups, dropout, scaling), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                   **kwargs)
 
 
 AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
-# Ordinary (unpacked) calls get SDPA's masks; packed calls pass a prepared 4-D mask, which HF uses as is.
+# Ordinary (unpacked) calls get SDPA's masks; packed calls pass an empty prepared 4-D mask, so HF builds none.
 AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
 
 

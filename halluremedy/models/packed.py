@@ -33,7 +33,14 @@ from transformers.models.llava.modeling_llava import LlavaModel
 from vlm_kernels.linear_logprob import linear_logprob
 
 from halluremedy.models import attention
-from halluremedy.models.attention import VARLEN_KWARG, VarlenPlan, enable_packed_attention, varlen_block_mask
+from halluremedy.models.attention import (
+    GROUPS_KWARG,
+    VARLEN_KWARG,
+    GroupMasks,
+    VarlenPlan,
+    enable_packed_attention,
+    group_block_masks,
+)
 
 Backend = Literal["auto", "sdpa", "varlen"]
 
@@ -64,7 +71,7 @@ class PackedBatch:
     targets: torch.Tensor
     token_response: torch.Tensor
     varlen: VarlenPlan
-    _block_mask: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    _group_masks: GroupMasks | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_tokens(self) -> int:
@@ -82,24 +89,32 @@ class PackedBatch:
     def device(self) -> torch.device:
         return self.input_ids.device
 
+    def group_spans(self) -> list[tuple[int, int]]:
+        """``[start, end)`` of each group (its prefix and all its responses) in the row."""
+        starts = self.prefix_spans[:, 0].tolist()
+        return list(zip(starts, starts[1:] + [self.num_tokens]))
+
     def response_lengths(self) -> torch.Tensor:
         """(R,) long, tokens per response (eos included)."""
         return self.response_spans[:, 1] - self.response_spans[:, 0]
 
     def to(self, device: torch.device | str) -> PackedBatch:
-        """This batch on ``device`` (itself, cached mask included, when it is already there)."""
+        """This batch on ``device`` (itself, cached masks included, when it is already there)."""
         if self.device == torch.device(device):
             return self
         tensors = {name: getattr(self, name).to(device, non_blocking=True)
                    for name in ("input_ids", "position_ids", "image_index", "prefix_spans", "response_spans",
                                 "response_group", "logprob_index", "targets", "token_response")}
-        return replace(self, **tensors, varlen=self.varlen.to(device), _block_mask=None)
+        return replace(self, **tensors, varlen=self.varlen.to(device), _group_masks=None)
 
-    def block_mask(self) -> torch.Tensor:
-        """(1, 1, T, T) bool SDPA mask, True = may attend. Built on first use, then cached."""
-        if self._block_mask is None:
-            self._block_mask = varlen_block_mask(self.varlen, self.num_tokens)[None, None]
-        return self._block_mask
+    def group_masks(self) -> GroupMasks:
+        """The SDPA backend's per-group (L_g, L_g) bool masks, True = may attend; no (T, T) mask exists.
+
+        Built on first use, then cached: every layer and forward (and checkpoint recomputation) reuses them.
+        """
+        if self._group_masks is None:
+            self._group_masks = group_block_masks(self.varlen, self.group_spans())
+        return self._group_masks
 
 
 def pack_groups(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[Sequence[int]]],
@@ -191,9 +206,9 @@ def packed_hidden_states(model: nn.Module, packed: PackedBatch, pixel_values: to
     """(T, D) final-norm decoder hidden states of the packed row; no LM head is applied.
 
     pixel_values: (I, C, H, W), the distinct images ``packed.image_index`` points into; the vision
-    tower runs once over them. ``backend``: "sdpa" (block mask), "varlen" (flash-attn) or "auto".
+    tower runs once over them. ``backend``: "sdpa" (torch SDPA per group), "varlen" (flash-attn) or "auto".
     Switches the decoder to the packed attention implementation (see ``enable_packed_attention``).
-    Move ``packed`` to the device once (``packed.to(device)``) so every forward reuses its SDPA mask.
+    Move ``packed`` to the device once (``packed.to(device)``) so every forward reuses its SDPA masks.
     """
     if backend not in ("auto", "sdpa", "varlen"):
         raise ValueError(f"backend must be 'auto', 'sdpa' or 'varlen', got {backend!r}")
@@ -213,11 +228,10 @@ def packed_hidden_states(model: nn.Module, packed: PackedBatch, pixel_values: to
                          f"{features[0].shape[0]} image tokens")
     embeds = embeds.masked_scatter(slots[..., None], image_embeds.to(embeds.dtype))
 
-    if backend == "varlen":
-        # A prepared 4-D mask makes transformers skip building its own; the varlen kernel ignores it.
-        mask, extra = torch.empty(1, 1, 0, 0, dtype=torch.bool, device=device), {VARLEN_KWARG: packed.varlen}
-    else:
-        mask, extra = packed.block_mask(), {}
+    # An (empty) prepared 4-D mask makes transformers skip building its own; both backends ignore it and
+    # take the pack's structure from their keyword instead.
+    mask = torch.empty(1, 1, 0, 0, dtype=torch.bool, device=device)
+    extra = {VARLEN_KWARG: packed.varlen} if backend == "varlen" else {GROUPS_KWARG: packed.group_masks()}
     out = llava(inputs_embeds=embeds, position_ids=packed.position_ids, attention_mask=mask, use_cache=False,
                 **extra)
     return out.last_hidden_state[0]

@@ -19,6 +19,8 @@ from halluremedy.models import attention
 from halluremedy.models.attention import (
     PACKED_ATTENTION,
     VarlenPlan,
+    group_block_masks,
+    packed_group_attention,
     packed_varlen_attention,
     varlen_block_mask,
     varlen_reference,
@@ -145,10 +147,24 @@ def test_hand_built_block_mask():
         [0, 0, 0, 0, 0, 0, 1, 1, 1, 1],  # R21
     ], dtype=torch.bool)
     p = hand_pack()
-    mask = p.block_mask()
-    assert mask.shape == (1, 1, 10, 10) and mask.dtype == torch.bool
-    assert torch.equal(mask[0, 0], expected)
-    assert p.block_mask() is mask  # built once, reused by every layer and forward
+    assert torch.equal(varlen_block_mask(p.varlen, 10), expected)  # the whole-row reference mask
+    # the SDPA backend only ever holds the diagonal blocks: groups never attend to each other
+    groups = p.group_masks()
+    assert p.group_spans() == [(0, 6), (6, 10)] and groups.spans == ((0, 6), (6, 10))
+    assert [m.shape for m in groups.masks] == [(6, 6), (4, 4)] and groups.masks[0].dtype == torch.bool
+    assert torch.equal(groups.masks[0], expected[:6, :6]) and torch.equal(groups.masks[1], expected[6:, 6:])
+    assert not expected[:6, 6:].any() and not expected[6:, :6].any()
+    assert p.group_masks() is groups  # built once, reused by every layer and forward
+
+
+def test_group_masks_reject_spans_that_cut_a_segment():
+    p = hand_pack()
+    with pytest.raises(ValueError, match="crosses"):
+        group_block_masks(p.varlen, [(0, 5), (5, 10)])  # R12 attends to P1 across the cut
+    with pytest.raises(ValueError, match="contiguous"):
+        group_block_masks(p.varlen, [(0, 6), (7, 10)])
+    with pytest.raises(ValueError, match="covers"):
+        group_block_masks(p.varlen, [(0, 6), (6, 9)])
 
 
 def test_pack_rejects_bad_groups():
@@ -190,8 +206,15 @@ def test_varlen_indices_match_block_mask_sdpa(heads, kv_heads):
     got = packed_varlen_attention(q, k, v, p.varlen, scaling=0.3, varlen_fn=varlen_reference)       # (1, T, H, d)
     rep = heads // kv_heads
     want = torch.nn.functional.scaled_dot_product_attention(
-        q, k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), attn_mask=p.block_mask(), scale=0.3)
+        q, k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1),
+        attn_mask=varlen_block_mask(p.varlen, T), scale=0.3)
     torch.testing.assert_close(got, want.transpose(1, 2), atol=1e-12, rtol=1e-12)
+    # the SDPA backend's group-by-group attention computes the same
+    module = torch.nn.Module()
+    module.num_key_value_groups = rep
+    grouped = packed_group_attention(module, q, k, v, p.group_masks(), scaling=0.3)
+    assert grouped.shape == (1, T, heads, d) and grouped.is_contiguous()
+    torch.testing.assert_close(grouped, want.transpose(1, 2), atol=1e-12, rtol=1e-12)
 
 
 def test_varlen_plan_round_trips_through_mask():
@@ -290,6 +313,37 @@ def test_varlen_backend_emulated_through_the_model(gqa, monkeypatch):
         want = unpacked_logprobs(model, prompts, responses, pixel_values)
     torch.testing.assert_close(got.summed, sdpa.summed, atol=1e-5, rtol=0)
     torch.testing.assert_close(got.summed.double(), want, atol=1e-5, rtol=0)
+
+
+def test_sdpa_backend_attends_group_by_group(gqa, monkeypatch):
+    """The SDPA path never builds or attends over a (T, T) block: every SDPA call is one group's."""
+    model, enc = gqa
+    prompts, responses = groups(enc)
+    packed = pack_groups(prompts, responses)
+    longest = max(packed.group_masks().lengths)
+    assert packed.num_groups == 3 and longest < packed.num_tokens
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(query, key, value, attn_mask=None, **kwargs):
+        calls.append((query.shape[-2], key.shape[-2], None if attn_mask is None else tuple(attn_mask.shape)))
+        return sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    tower = model.model.vision_tower.register_forward_hook(lambda *args: calls.clear())  # count decoder calls only
+    try:
+        got = packed_response_logprobs(model, packed, images(3), backend="sdpa")
+        got.summed.sum().backward()
+    finally:
+        tower.remove()
+    layers = model.config.text_config.num_hidden_layers
+    assert len(calls) == layers * packed.num_groups
+    assert max(k for _, k, _ in calls) == longest and max(q for q, _, _ in calls) == longest
+    assert all(mask is not None and mask[-2:] == (q, k) for q, k, mask in calls)
+    monkeypatch.undo()
+    model.zero_grad()
+    torch.testing.assert_close(got.summed.detach().double(),
+                               unpacked_logprobs(model, prompts, responses, images(3)), atol=1e-5, rtol=0)
 
 
 def test_varlen_backend_refuses_without_flash_attn(mha, monkeypatch):
