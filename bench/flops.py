@@ -33,7 +33,7 @@ attention through :class:`FlashLike` (``mode="gpu"``): ours through the product'
 transformers. FlashLike counts ``4 lq lk d`` FLOPs per head forward and twice that backward --
 FlopCounterMode's SDPA convention: causal masking not halved, FA2's recomputation not counted --
 and keeps q, k, v, out and the log-sum-exp for the backward. ``mode="cpu"`` reproduces what
-the CPU runs instead (our dense (T, T) block mask, TRL's all-position head, SDPA math): the test
+the CPU runs instead (our per-group SDPA blocks, TRL's all-position head, SDPA math): the test
 ``tests/bench/test_flops.py`` checks that, in that mode, these composed steps count exactly the
 FLOPs FlopCounterMode counts on the real CPU steps of ``bench/baselines`` (tiny model, same shapes).
 
@@ -75,7 +75,7 @@ from vlm_kernels.linear_argmax import _torch_argmax
 from vlm_kernels.linear_logprob import LinearLogprobFunction, LinearLogprobParams
 
 from halluremedy.models import attention as packed_attention
-from halluremedy.models.attention import VARLEN_KWARG, VarlenPlan, enable_packed_attention
+from halluremedy.models.attention import GROUPS_KWARG, VARLEN_KWARG, GroupMasks, VarlenPlan, enable_packed_attention
 from halluremedy.models.lora import add_lora
 from halluremedy.models.packed import llava_parts
 
@@ -319,7 +319,7 @@ def _cu_seqlens(lengths: Sequence[int]) -> torch.Tensor:
 
 def _packed_hidden(policy: torch.nn.Module, spans: Sequence[tuple[int, Sequence[int]]], mode: Mode) -> torch.Tensor:
     """(T, D) hidden states of a pack of groups ``(prefix length, [response lengths])``, as
-    ``halluremedy.models.packed.packed_hidden_states`` computes them (varlen on GPU, block mask on CPU)."""
+    ``halluremedy.models.packed.packed_hidden_states`` computes them (varlen on GPU, per-group SDPA on CPU)."""
     llava, _ = llava_parts(policy)
     enable_packed_attention(llava.language_model)
     _images(policy, len(spans))
@@ -343,8 +343,16 @@ def _packed_hidden(policy: torch.nn.Module, spans: Sequence[tuple[int, Sequence[
             out = llava(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=False,
                         **{VARLEN_KWARG: plan})
     else:
-        mask = torch.empty(1, 1, total, total, dtype=torch.bool, device=embeds.device)
-        out = llava(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=False)
+        # the SDPA backend: one (L_g, L_g) masked attention per group (no (T, T) mask)
+        bounds, start = [], 0
+        for prefix, responses in spans:
+            bounds.append((start, start + prefix + sum(responses)))
+            start = bounds[-1][1]
+        groups = GroupMasks(tuple(bounds), tuple(torch.empty(e - b, e - b, dtype=torch.bool, device=embeds.device)
+                                                 for b, e in bounds))
+        mask = torch.empty(1, 1, 0, 0, dtype=torch.bool, device=embeds.device)
+        out = llava(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=False,
+                    **{GROUPS_KWARG: groups})
     return out.last_hidden_state[0]
 
 

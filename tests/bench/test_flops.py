@@ -68,7 +68,7 @@ def test_step_runs_gives_ours_loss_and_flop_model_matches(provider, workload, gr
     real = flops.count_flops(step)
     modelled = flops.count_step(meta_model, provider, groups, mode="cpu")
     assert modelled.flops == real, (provider, modelled.flops, real)
-    # GPU mode drops only what the GPU paths skip: ours, the dense (T, T) block mask (varlen instead);
+    # GPU mode drops only what the GPU paths skip: ours, the per-group SDPA blocks (varlen instead);
     # TRL, the LM head on non-completion rows. The others attend densely per row either way.
     gpu = flops.count_step(meta_model, provider, groups, mode="gpu")
     assert gpu.peak_bytes > 0
