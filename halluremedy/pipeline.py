@@ -105,3 +105,19 @@ def ensure_base_model(train: CocoDataset, out_dir: str | os.PathLike, spec: Base
         shutil.copytree(SHIPPED_BASE, path)
         return path
     return train_base_model(train, out_dir, spec, resume=True)
+
+
+def resolve_model_and_data(model: str, data: str, split: str, eval_split: str, *, base_out: str | os.PathLike,
+                           base_steps: int, scene_train_images: int, scene_heldout_images: int
+                           ) -> tuple[Path, CocoDataset, CocoDataset]:
+    """``(base model dir, training split, held-out split)`` for a recipe.
+
+    With ``model``: that checkpoint and the COCO-format ``data`` splits ``split`` / ``eval_split``.
+    Without: the embedded default, i.e. the scene world under ``data`` (generated if absent; its own
+    ``train`` / ``val`` splits) and the tiny base in ``base_out`` (shipped or trained; one base for
+    every recipe seed, since the seeds vary the remedy, not the model it starts from).
+    """
+    if model:
+        return Path(model), CocoDataset.load(data, split), CocoDataset.load(data, eval_split)
+    train, heldout = ensure_scene_data(data, SceneDataSpec(n_train=scene_train_images, n_heldout=scene_heldout_images))
+    return ensure_base_model(train, base_out, BaseTrainSpec(steps=base_steps)), train, heldout

@@ -64,12 +64,7 @@ from halluremedy.generate.targeted import (
     write_instructions,
 )
 from halluremedy.models.llava import load_model
-from halluremedy.pipeline import (
-    BaseTrainSpec,
-    SceneDataSpec,
-    ensure_base_model,
-    ensure_scene_data,
-)
+from halluremedy.pipeline import BaseTrainSpec, SceneDataSpec, resolve_model_and_data
 from halluremedy.train.dpo import PreferenceObjective
 from halluremedy.train.povid import TuningSpec, run_preference_stage
 
@@ -193,13 +188,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(cfg.out)
 
     # data, base model, diagnosis split
-    if cfg.model:
-        base_dir = Path(cfg.model)
-        train, heldout = CocoDataset.load(cfg.data, cfg.split), CocoDataset.load(cfg.data, cfg.eval_split)
-    else:
-        train, heldout = ensure_scene_data(cfg.data, SceneDataSpec(n_train=cfg.scene_train_images,
-                                                                   n_heldout=cfg.scene_heldout_images))
-        base_dir = ensure_base_model(train, cfg.base_out, BaseTrainSpec(steps=cfg.base_steps))
+    base_dir, train, heldout = resolve_model_and_data(
+        cfg.model, cfg.data, cfg.split, cfg.eval_split, base_out=cfg.base_out, base_steps=cfg.base_steps,
+        scene_train_images=cfg.scene_train_images, scene_heldout_images=cfg.scene_heldout_images)
     diag_root = Path(cfg.diag_data) if cfg.diag_data else out / "diag_scenes"
     if (diag_root / "annotations" / f"instances_{cfg.diag_split}.json").exists():
         diag = CocoDataset.load(diag_root, cfg.diag_split)

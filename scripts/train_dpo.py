@@ -24,14 +24,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from halluremedy.config import option, parse_config
-from halluremedy.data.coco import CocoDataset, write_json_atomic
+from halluremedy.data.coco import write_json_atomic
 from halluremedy.data.preference import load_preferences, write_preferences
 from halluremedy.eval.run import EvalConfig, evaluate, format_table, summary_row
 from halluremedy.generate.injector import RuleBasedEditor
 from halluremedy.generate.pairs import generate_preference_pairs
 from halluremedy.models.generate import Decoding
 from halluremedy.models.llava import load_model
-from halluremedy.pipeline import BaseTrainSpec, SceneDataSpec, ensure_base_model, ensure_scene_data
+from halluremedy.pipeline import BaseTrainSpec, SceneDataSpec, resolve_model_and_data
 from halluremedy.train.dpo import PreferenceObjective
 from halluremedy.train.povid import TuningSpec, run_preference_stage, run_sft_control
 
@@ -78,13 +78,9 @@ class DPORecipe:
 def main() -> None:
     cfg = parse_config(DPORecipe, __doc__)
     out = Path(cfg.out)
-    if cfg.model:
-        base_dir = Path(cfg.model)
-        train, heldout = CocoDataset.load(cfg.data, cfg.split), CocoDataset.load(cfg.data, cfg.eval_split)
-    else:
-        train, heldout = ensure_scene_data(cfg.data, SceneDataSpec(n_train=cfg.scene_train_images,
-                                                                   n_heldout=cfg.scene_heldout_images))
-        base_dir = ensure_base_model(train, cfg.base_out, BaseTrainSpec(steps=cfg.base_steps, seed=cfg.seed))
+    base_dir, train, heldout = resolve_model_and_data(
+        cfg.model, cfg.data, cfg.split, cfg.eval_split, base_out=cfg.base_out, base_steps=cfg.base_steps,
+        scene_train_images=cfg.scene_train_images, scene_heldout_images=cfg.scene_heldout_images)
 
     if cfg.pairs:
         records, errors = load_preferences(cfg.pairs, known_images={im.file_name for im in train.images},
