@@ -51,7 +51,6 @@ from halluremedy.diagnose import (
     Diagnosis,
     ProbeConfig,
     diagnose,
-    run_conversation_sft,
     write_comparison,
     write_report,
 )
@@ -66,7 +65,7 @@ from halluremedy.generate.targeted import (
 from halluremedy.models.llava import load_model
 from halluremedy.pipeline import BaseTrainSpec, SceneDataSpec, resolve_model_and_data
 from halluremedy.train.dpo import PreferenceObjective
-from halluremedy.train.povid import TuningSpec, run_preference_stage
+from halluremedy.train.povid import TuningSpec, run_conversation_sft, run_preference_stage
 
 ARMS = ("targeted-sft", "untargeted-sft", "targeted-dpo", "untargeted-dpo", "reflective", "answer-only",
         "reflective-positive", "reflective-negative")

@@ -6,7 +6,6 @@
   and returns a :class:`Diagnosis` (per-class FP/FN rates, attribute confusions, trigger pairs);
 * :mod:`.report`: :func:`write_report` (JSON + Markdown + PNG) and :func:`write_comparison` (the
   loop's before/after report over seeds);
-* :mod:`.tuning`: :func:`run_conversation_sft`, LoRA SFT of a model directory on conversations.
 
 The closed loop is ``scripts/remedy_loop.py``; the data it trains on comes from
 :mod:`halluremedy.generate.targeted` and :mod:`halluremedy.data.reflective`.
@@ -34,9 +33,8 @@ from halluremedy.diagnose.truth import (
                                          DetectorBackend,
                                          TruthBackend,
 )
-from halluremedy.diagnose.tuning import run_conversation_sft
 
 __all__ = ["AnnotationBackend", "AttributeConfusion", "ClassStats", "Detection", "DetectorBackend", "Diagnosis",
            "Probe", "ProbeConfig", "ProbeRun", "Trigger", "TruthBackend", "TruthImage", "analyse",
-           "attribute_probes", "diagnose", "existence_probes", "mean_spread", "run_conversation_sft",
+           "attribute_probes", "diagnose", "existence_probes", "mean_spread",
            "run_probes", "write_comparison", "write_report"]

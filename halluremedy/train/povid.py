@@ -1,10 +1,12 @@
-"""POVID's stages as reusable steps: one preference stage from a model directory to a merged model
-directory, and the continued-SFT control with the same data and budget."""
+"""Tuning stages as reusable steps, each from a model directory to a merged model directory: a POVID
+preference stage, LoRA SFT on conversations, and the continued-SFT control with the same data and
+budget as a preference run."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -99,14 +101,24 @@ def run_preference_stage(model_dir: str | os.PathLike, records: list[PreferenceR
                    {"objective": asdict(objective), "reference": reference, "from": str(model_dir)})
 
 
+def run_conversation_sft(model_dir: str | os.PathLike, conversations: Sequence[Conversation], dataset: CocoDataset,
+                         out_dir: str | os.PathLike, spec: TuningSpec, *, device: str = "cpu", resume: bool = False,
+                         tag: str = "conversations") -> Path:
+    """``spec.steps`` steps of next-token loss on assistant turns from ``model_dir``; returns
+    ``OUT/model`` (adapters merged, HF layout). ``tag`` is recorded in ``OUT/recipe.json``."""
+    out_dir = Path(out_dir)
+    if resume and (out_dir / "model" / "config.json").exists():
+        return out_dir / "model"
+    model, processor, bank, encoder = _prepare(model_dir, dataset, spec, device)
+    batches = SupervisedBatches(list(conversations), encoder, bank, spec.batch_size, spec.seed)
+    train_sft(model, batches, spec.loop(), out_dir, resume=resume)
+    return _finish(model, processor, out_dir, spec, ["loss", "lr"],
+                   {"sft": tag, "records": len(conversations), "from": str(model_dir)})
+
+
 def run_sft_control(model_dir: str | os.PathLike, records: list[PreferenceRecord], dataset: CocoDataset,
                     out_dir: str | os.PathLike, spec: TuningSpec, *, device: str = "cpu", resume: bool = False) -> Path:
     """The control every remedy must beat: continued SFT on the chosen answers, same data and budget."""
-    out_dir = Path(out_dir)
-    if (out_dir / "model" / "config.json").exists() and resume:
-        return out_dir / "model"
-    model, processor, bank, encoder = _prepare(model_dir, dataset, spec, device)
     conversations = [Conversation(r.image, (Turn(r.prompt, r.chosen),), r.id) for r in records]
-    batches = SupervisedBatches(conversations, encoder, bank, spec.batch_size, spec.seed)
-    train_sft(model, batches, spec.loop(), out_dir, resume=resume)
-    return _finish(model, processor, out_dir, spec, ["loss", "lr"], {"control": "sft-on-chosen", "from": str(model_dir)})
+    return run_conversation_sft(model_dir, conversations, dataset, out_dir, spec, device=device, resume=resume,
+                                tag="control: sft-on-chosen")

@@ -7,9 +7,8 @@ import json
 import torch
 
 from halluremedy.data.conversation import Conversation, Turn
-from halluremedy.diagnose import run_conversation_sft
 from halluremedy.models.llava import load_model, save_model
-from halluremedy.train.povid import TuningSpec
+from halluremedy.train.povid import TuningSpec, run_conversation_sft
 
 
 def test_run_conversation_sft_trains_merges_and_resumes(tiny_coco, tiny_llava_factory, tmp_path):
