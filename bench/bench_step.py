@@ -57,14 +57,6 @@ def peak_step_mib(step) -> float:
     return (_status_kib("VmHWM") - before) / 1024
 
 
-def _has_trl() -> bool:
-    try:
-        import trl  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="session")
 def workloads(tmp_path_factory):
     cache = {}
@@ -98,7 +90,7 @@ def _group(config: str, stage: int) -> str:
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_step(benchmark, bench_report, workloads, ours_loss, config: str, provider: str):
     spec, cfg = PROVIDERS[provider], CONFIGS[config]
-    if spec.needs_trl and not _has_trl():
+    if not spec.installed:
         pytest.skip("pip install -r bench/requirements.txt")
     if spec.cuda_only:
         pytest.skip("Liger's Triton layer kernels need a GPU (bench/gpu_throughput.py runs them)")

@@ -11,6 +11,7 @@ Import as ``baselines`` with ``bench/`` on ``sys.path`` (pytest's rootdir-relati
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,6 +34,11 @@ class Provider:
     needs_trl: bool = False  # runs TRL itself (pip install -r bench/requirements.txt)
     cuda_only: bool = False  # Triton kernels that need a GPU (Triton finds no driver on a CPU)
     flops_as: str | None = None  # the bench/flops.py step that does the same matmuls, if named otherwise
+
+    @property
+    def installed(self) -> bool:
+        """False when the provider runs TRL and TRL (a benchmark-only dependency) is not installed."""
+        return not self.needs_trl or importlib.util.find_spec("trl") is not None
 
 
 PROVIDERS: dict[str, Provider] = {p.name: p for p in (

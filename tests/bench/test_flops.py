@@ -25,15 +25,6 @@ from baselines import CONFIGS, PROVIDERS, build_workload
 LOSS_TOL = 1e-4  # fp32; observed differences are ~1e-6
 
 
-def _available(name: str) -> bool:
-    if PROVIDERS[name].needs_trl:
-        try:
-            import trl  # noqa: F401
-        except ImportError:
-            return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def workload(tmp_path_factory):
     return build_workload(replace(CONFIGS["tiny"], pairs=2), str(tmp_path_factory.mktemp("scenes")))
@@ -56,7 +47,7 @@ def ours_losses(workload):
 
 @pytest.mark.parametrize("provider", [name for name, p in PROVIDERS.items() if not p.cuda_only])
 def test_step_runs_gives_ours_loss_and_flop_model_matches(provider, workload, groups, meta_model, ours_losses):
-    if not _available(provider):
+    if not PROVIDERS[provider].installed:
         pytest.skip("trl is a benchmark-only dependency: pip install -r bench/requirements.txt")
     spec = PROVIDERS[provider]
     step = spec.make(workload)
