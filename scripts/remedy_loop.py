@@ -63,7 +63,7 @@ from halluremedy.generate.targeted import (
     write_instructions,
 )
 from halluremedy.models.llava import load_model
-from halluremedy.pipeline import BaseTrainSpec, SceneDataSpec, resolve_model_and_data
+from halluremedy.pipeline import BaseTrainSpec, SceneDataSpec, format_cycles, resolve_model_and_data
 from halluremedy.train.dpo import PreferenceObjective
 from halluremedy.train.povid import TuningSpec, run_conversation_sft, run_preference_stage
 
@@ -89,7 +89,7 @@ class RemedyConfig:
     diag_images: int = option(300, "images diagnosed (and generated, for the embedded default)")
     diag_scene_seed: int = option(3, "embedded default only: scene seed of the generated diagnosis split")
     base_out: str = option("runs/base", "embedded default only: where the tiny base model is (trained if absent)")
-    base_steps: int = option(BaseTrainSpec.steps, "embedded default only: SFT steps of the tiny base, if trained")
+    base_cycles: str = option(format_cycles(BaseTrainSpec.cycles), "embedded default only: SFT cycles STEPS:LR,... of the tiny base, if trained")
     scene_train_images: int = option(SceneDataSpec.n_train, "embedded default only: scene-world training images")
     scene_heldout_images: int = option(SceneDataSpec.n_heldout, "embedded default only: held-out images")
     out: str = option("runs/remedy", "output directory")
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # data, base model, diagnosis split
     base_dir, train, heldout = resolve_model_and_data(
-        cfg.model, cfg.data, cfg.split, cfg.eval_split, base_out=cfg.base_out, base_steps=cfg.base_steps,
+        cfg.model, cfg.data, cfg.split, cfg.eval_split, base_out=cfg.base_out, base_cycles=cfg.base_cycles,
         scene_train_images=cfg.scene_train_images, scene_heldout_images=cfg.scene_heldout_images)
     diag_root = Path(cfg.diag_data) if cfg.diag_data else out / "diag_scenes"
     if (diag_root / "annotations" / f"instances_{cfg.diag_split}.json").exists():

@@ -31,7 +31,7 @@ from halluremedy.generate.injector import RuleBasedEditor
 from halluremedy.generate.pairs import generate_preference_pairs
 from halluremedy.models.generate import Decoding
 from halluremedy.models.llava import load_model
-from halluremedy.pipeline import BaseTrainSpec, SceneDataSpec, resolve_model_and_data
+from halluremedy.pipeline import BaseTrainSpec, SceneDataSpec, format_cycles, resolve_model_and_data
 from halluremedy.train.dpo import PreferenceObjective
 from halluremedy.train.povid import TuningSpec, run_preference_stage, run_sft_control
 
@@ -45,7 +45,7 @@ class DPORecipe:
     skip_invalid: bool = option(False, "skip malformed preference records (counted) instead of stopping")
     eval_split: str = option("val", "held-out split for CHAIR / POPE")
     base_out: str = option("runs/base", "embedded default only: where the tiny base model is (trained if absent)")
-    base_steps: int = option(BaseTrainSpec.steps, "embedded default only: SFT steps of the tiny base")
+    base_cycles: str = option(format_cycles(BaseTrainSpec.cycles), "embedded default only: SFT cycles STEPS:LR,... of the tiny base (another recipe than the default trains it)")
     scene_train_images: int = option(SceneDataSpec.n_train, "embedded default only: scene-world training images")
     scene_heldout_images: int = option(SceneDataSpec.n_heldout, "embedded default only: held-out images")
     out: str = option("runs/povid", "output directory")
@@ -79,7 +79,7 @@ def main() -> None:
     cfg = parse_config(DPORecipe, __doc__)
     out = Path(cfg.out)
     base_dir, train, heldout = resolve_model_and_data(
-        cfg.model, cfg.data, cfg.split, cfg.eval_split, base_out=cfg.base_out, base_steps=cfg.base_steps,
+        cfg.model, cfg.data, cfg.split, cfg.eval_split, base_out=cfg.base_out, base_cycles=cfg.base_cycles,
         scene_train_images=cfg.scene_train_images, scene_heldout_images=cfg.scene_heldout_images)
 
     if cfg.pairs:

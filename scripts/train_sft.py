@@ -1,8 +1,9 @@
 """Train the tiny scene-world base model (SFT on captions + yes/no existence QA), then evaluate it.
 
-    python scripts/train_sft.py                          # data in runs/scenes, model in runs/base/model
-    python scripts/train_sft.py --steps 300 --out runs/quick
+    python scripts/train_sft.py                          # data in runs/scenes, model in runs/base/model (~1 h on 2 cores)
+    python scripts/train_sft.py --cycles 300:1e-3 --out runs/quick
     python scripts/train_sft.py --resume                 # continue an interrupted run exactly
+    python scripts/train_sft.py --init runs/base/model --cycles 2000:5e-4 --out runs/more   # train further
 
 The base is meant to hallucinate: its training captions carry partner noise (half of the captions
 that could, i.e. whose image shows a trigger class without its partner, also mention the absent
@@ -20,16 +21,16 @@ from halluremedy.data.coco import write_json_atomic
 from halluremedy.eval.run import EvalConfig, evaluate, format_table, summary_row
 from halluremedy.models.generate import Decoding
 from halluremedy.models.llava import load_model
-from halluremedy.pipeline import BaseTrainSpec, SceneDataSpec, ensure_scene_data, train_base_model
+from halluremedy.pipeline import BaseTrainSpec, SceneDataSpec, ensure_scene_data, format_cycles, parse_cycles, train_base_model
 
 
 @dataclass(frozen=True)
 class SFTRecipe:
     data: str = option("runs/scenes", "scene-world COCO root (generated if absent)")
     out: str = option("runs/base", "output directory; the model lands in OUT/model")
-    steps: int = option(BaseTrainSpec.steps, "optimiser steps")
+    cycles: str = option(format_cycles(BaseTrainSpec.cycles),
+                         "cosine cycles STEPS:LR,...: each restarts (3% warmup, fresh AdamW) from the last one's model")
     batch_size: int = option(BaseTrainSpec.batch_size, "conversations per step")
-    lr: float = option(BaseTrainSpec.lr, "peak learning rate (cosine, 3% warmup)")
     seed: int = option(0, "seed for init, data order and evaluation sampling")
     caption_noise: float = option(SceneDataSpec.caption_noise, "share of eligible training captions that mention an absent partner (new data only)")
     eval_images: int = option(500, "held-out images for CHAIR and POPE")
@@ -40,7 +41,7 @@ class SFTRecipe:
 def main() -> None:
     cfg = parse_config(SFTRecipe, __doc__)
     train, heldout = ensure_scene_data(cfg.data, SceneDataSpec(caption_noise=cfg.caption_noise))
-    spec = BaseTrainSpec(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+    spec = BaseTrainSpec(cycles=parse_cycles(cfg.cycles), batch_size=cfg.batch_size, seed=cfg.seed)
     model_dir = train_base_model(train, cfg.out, spec, init=cfg.init or None, resume=cfg.resume)
     model, processor = load_model(model_dir)
     result = evaluate(model, processor, heldout, EvalConfig(
