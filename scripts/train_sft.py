@@ -21,7 +21,14 @@ from halluremedy.data.coco import write_json_atomic
 from halluremedy.eval.run import EvalConfig, evaluate, format_table, summary_row
 from halluremedy.models.generate import Decoding
 from halluremedy.models.llava import load_model
-from halluremedy.pipeline import BaseTrainSpec, SceneDataSpec, ensure_scene_data, format_cycles, parse_cycles, train_base_model
+from halluremedy.pipeline import (
+    BaseTrainSpec,
+    SceneDataSpec,
+    ensure_scene_data,
+    format_cycles,
+    parse_cycles,
+    train_base_model,
+)
 
 
 @dataclass(frozen=True)

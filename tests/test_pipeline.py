@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from halluremedy.models.llava import load_model
-from halluremedy.pipeline import (BaseTrainSpec, SceneDataSpec, ensure_scene_data, format_cycles, parse_cycles,
-                                  train_base_model)
+from halluremedy.pipeline import (
+    BaseTrainSpec,
+    SceneDataSpec,
+    ensure_scene_data,
+    format_cycles,
+    parse_cycles,
+    train_base_model,
+)
 
 
 def test_cycles_round_trip_and_bad_text():
