@@ -1,5 +1,6 @@
 """POVID vs its control over several seeds: runs ``train_dpo.py --control`` per seed, then tabulates
-mean ± std of every headline metric (CHAIR greedy and sampled, recall, POPE F1 per setting).
+mean ± std of every headline metric (CHAIR greedy and sampled, recall, POPE F1 per setting) and the
+same-seed differences stage 1 / stage 2 - control, stage 2 - stage 1, stage 2 - base.
 
     python scripts/povid_experiment.py --seeds 0 1 2 --out runs/povid_exp
     python scripts/povid_experiment.py --seeds 0 1 2 --out runs/povid_exp -- --stage2-steps 200 --nll-alpha 0.5
@@ -17,32 +18,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from halluremedy.data.coco import write_json_atomic
 from halluremedy.eval.run import column_order, summary_row
+from halluremedy.eval.seeds import SeedStats, aggregate, paired_differences
 
 HERE = Path(__file__).resolve().parent
 
 
-def aggregate(per_seed: dict[int, dict[str, dict[str, float]]]) -> dict[str, dict[str, tuple[float, float]]]:
-    """model -> metric -> (mean, sample std) over seeds (std 0 with one seed)."""
-    models = next(iter(per_seed.values())).keys()
-    out: dict[str, dict[str, tuple[float, float]]] = {}
-    for model in models:
-        metrics = per_seed[next(iter(per_seed))][model].keys()
-        out[model] = {}
-        for m in metrics:
-            values = np.array([per_seed[s][model][m] for s in per_seed])
-            out[model][m] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0)
-    return out
+COMPARISONS = (("stage1", "sft-control"), ("stage2", "sft-control"), ("stage2", "stage1"), ("stage2", "base"),
+               ("sft-control", "base"))
 
 
-def markdown(summary: dict[str, dict[str, tuple[float, float]]], columns: list[str]) -> str:
-    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for model, metrics in summary.items():
-        cells = [f"{metrics[c][0]:.3f} ± {metrics[c][1]:.3f}" if c in metrics else "" for c in columns]
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+def markdown(rows: dict[str, dict[str, SeedStats]], columns: list[str], first: str, signed: bool = False) -> str:
+    lines = [f"| {first} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, metrics in rows.items():
+        cells = [(f"{metrics[c]['mean']:+.3f} ± {metrics[c]['std']:.3f}" if signed else str(metrics[c]))
+                 if c in metrics else "" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -65,14 +57,21 @@ def main() -> None:
             subprocess.run(cmd, check=True)
         results = json.loads((run_dir / "eval.json").read_text())["results"]
         per_seed[seed] = {model: summary_row(r) for model, r in results.items()}
-    summary = aggregate(per_seed)
+    models = list(per_seed[args.seeds[0]])
+    rows = {m: [per_seed[seed][m] for seed in args.seeds] for m in models}
+    summary = {m: aggregate(rows[m]) for m in models}
+    diffs = {f"{a} - {b}": paired_differences(rows[a], rows[b]) for a, b in COMPARISONS if a in rows and b in rows}
     columns = sorted({c for m in summary.values() for c in m if not c.startswith("len")
                       and not c.endswith("/acc")}, key=column_order)
-    table = markdown(summary, columns)
+    table = markdown(summary, columns, "model")
+    paired = markdown(diffs, columns, "paired difference", signed=True)
     write_json_atomic(out / "summary.json", {"seeds": args.seeds, "train_dpo_args": passthrough,
-                                             "per_seed": per_seed, "mean_std": summary}, indent=2)
-    (out / "summary.md").write_text(f"seeds {args.seeds}; train_dpo.py args {passthrough}\n\n{table}\n")
-    print(table)
+                                             "per_seed": per_seed, "mean_std": summary,
+                                             "paired_differences": diffs}, indent=2)
+    (out / "summary.md").write_text(f"seeds {args.seeds}; train_dpo.py args {passthrough}\n\n"
+                                    f"mean ± sample std over seeds:\n\n{table}\n\n"
+                                    f"same-seed differences (same training seed and evaluation images):\n\n{paired}\n")
+    print(table, paired, sep="\n\n")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ class SFTRecipe:
                          "cosine cycles STEPS:LR,...: each restarts (3% warmup, fresh AdamW) from the last one's model")
     batch_size: int = option(BaseTrainSpec.batch_size, "conversations per step")
     seed: int = option(0, "seed for init, data order and evaluation sampling")
+    train_images: int = option(SceneDataSpec.n_train, "scene-world training images (a larger split extends the default one)")
     caption_noise: float = option(SceneDataSpec.caption_noise, "share of eligible training captions that mention an absent partner (new data only)")
     eval_images: int = option(500, "held-out images for CHAIR and POPE")
     init: str = option("", "continue from this model directory instead of a fresh tiny model")
@@ -47,7 +48,7 @@ class SFTRecipe:
 
 def main() -> None:
     cfg = parse_config(SFTRecipe, __doc__)
-    train, heldout = ensure_scene_data(cfg.data, SceneDataSpec(caption_noise=cfg.caption_noise))
+    train, heldout = ensure_scene_data(cfg.data, SceneDataSpec(n_train=cfg.train_images, caption_noise=cfg.caption_noise))
     spec = BaseTrainSpec(cycles=parse_cycles(cfg.cycles), batch_size=cfg.batch_size, seed=cfg.seed)
     model_dir = train_base_model(train, cfg.out, spec, init=cfg.init or None, resume=cfg.resume)
     model, processor = load_model(model_dir)

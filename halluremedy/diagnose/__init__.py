@@ -26,7 +26,7 @@ from halluremedy.diagnose.probes import (
                                          existence_probes,
                                          run_probes,
 )
-from halluremedy.diagnose.report import mean_spread, write_comparison, write_report
+from halluremedy.diagnose.report import write_comparison, write_report
 from halluremedy.diagnose.truth import (
                                          AnnotationBackend,
                                          Detection,
@@ -36,5 +36,5 @@ from halluremedy.diagnose.truth import (
 
 __all__ = ["AnnotationBackend", "AttributeConfusion", "ClassStats", "Detection", "DetectorBackend", "Diagnosis",
            "Probe", "ProbeConfig", "ProbeRun", "Trigger", "TruthBackend", "TruthImage", "analyse",
-           "attribute_probes", "diagnose", "existence_probes", "mean_spread",
+           "attribute_probes", "diagnose", "existence_probes",
            "run_probes", "write_comparison", "write_report"]

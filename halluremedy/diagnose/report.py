@@ -13,7 +13,6 @@ held-out evaluation rows, each arm over several seeds (mean ± sample standard d
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,8 +21,9 @@ import numpy as np
 
 from halluremedy.data.coco import write_json_atomic
 from halluremedy.diagnose.probes import Diagnosis
+from halluremedy.eval.seeds import aggregate, mean_spread, paired_differences
 
-__all__ = ["SeedStats", "mean_spread", "worst_classes_figure", "write_comparison", "write_report"]
+__all__ = ["worst_classes_figure", "write_comparison", "write_report"]
 
 
 def _pct(x: float) -> str:
@@ -141,30 +141,6 @@ def write_report(diagnosis: Diagnosis, out_dir: str | os.PathLike, *, top: int =
 
 # --- before / after over seeds ------------------------------------------------------------------
 
-class SeedStats(dict):
-    """``{"mean", "std", "min", "max", "n", "values"}`` of one metric over seeds."""
-
-    def __str__(self) -> str:
-        if self["n"] == 1:
-            return f"{self['mean']:.3f}"
-        return f"{self['mean']:.3f} ± {self['std']:.3f}"
-
-
-def mean_spread(values: Sequence[float]) -> SeedStats:
-    """Mean and sample standard deviation (0 for a single value), with min, max and the values."""
-    v = [float(x) for x in values]
-    if not v:
-        raise ValueError("mean_spread: no values")
-    mean = sum(v) / len(v)
-    std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
-    return SeedStats(mean=mean, std=std, min=min(v), max=max(v), n=len(v), values=v)
-
-
-def _aggregate(rows: Sequence[Mapping[str, float]]) -> dict[str, SeedStats]:
-    keys = sorted({k for r in rows for k in r})
-    return {k: mean_spread([r[k] for r in rows if k in r]) for k in keys}
-
-
 def write_comparison(before: Diagnosis, after: Mapping[str, Sequence[Diagnosis]],
                      eval_rows: Mapping[str, Sequence[Mapping[str, float]]], out_dir: str | os.PathLike, *,
                      comparisons: Sequence[tuple[str, str]] = (), columns: Sequence[str] = (),
@@ -178,22 +154,18 @@ def write_comparison(before: Diagnosis, after: Mapping[str, Sequence[Diagnosis]]
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    held = {arm: _aggregate(rows) for arm, rows in eval_rows.items() if rows}
+    held = {arm: aggregate(rows) for arm, rows in eval_rows.items() if rows}
     diag_rows = {arm: [{**{f"diag/{k}": v for k, v in d.summary.items()},
                         **{f"diag/hallucination/{c}": s.hallucination_rate for c, s in d.classes.items()}}
                        for d in ds] for arm, ds in after.items() if ds}
     diag_rows["base"] = [{**{f"diag/{k}": v for k, v in before.summary.items()},
                           **{f"diag/hallucination/{c}": s.hallucination_rate for c, s in before.classes.items()}}]
-    diag = {arm: _aggregate(rows) for arm, rows in diag_rows.items()}
+    diag = {arm: aggregate(rows) for arm, rows in diag_rows.items()}
     worst = [s.category for s in before.worst_classes(top)]
 
     # per-seed differences for each comparison (paired by seed order)
-    diffs = {}
-    for a, b in comparisons:
-        if a in eval_rows and b in eval_rows:
-            paired = list(zip(eval_rows[a], eval_rows[b]))
-            keys = sorted(set(eval_rows[a][0]) & set(eval_rows[b][0])) if paired else []
-            diffs[f"{a} - {b}"] = {k: mean_spread([ra[k] - rb[k] for ra, rb in paired]) for k in keys}
+    diffs = {f"{a} - {b}": paired_differences(eval_rows[a], eval_rows[b])
+             for a, b in comparisons if eval_rows.get(a) and eval_rows.get(b)}
 
     cols = list(columns) or sorted({k for stats in held.values() for k in stats})
     lines = ["# Diagnose -> generate -> train -> re-diagnose", "",

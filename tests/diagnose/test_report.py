@@ -10,7 +10,6 @@ from PIL import Image
 from halluremedy.diagnose import (
     Diagnosis,
     analyse,
-    mean_spread,
     write_comparison,
     write_report,
 )
@@ -31,15 +30,6 @@ def test_write_report_writes_json_markdown_and_chart(diagnosis, tmp_path):
     assert "| color | circle | red | blue | 1 | caption |" in text
     with Image.open(paths["chart"]) as im:
         assert im.size[0] > 300 and im.size[1] > 100
-
-
-def test_mean_spread():
-    s = mean_spread([1.0, 2.0, 3.0])
-    assert (s["mean"], s["std"], s["min"], s["max"], s["n"]) == (2.0, 1.0, 1.0, 3.0, 3)
-    assert str(s) == "2.000 ± 1.000"
-    assert mean_spread([0.5])["std"] == 0.0 and str(mean_spread([0.5])) == "0.500"
-    with pytest.raises(ValueError):
-        mean_spread([])
 
 
 def test_write_comparison_tables_arms_and_paired_differences(diagnosis, tmp_path):
