@@ -23,9 +23,9 @@ from halluremedy.prompts import prompt_words
 from halluremedy.train.loop import LoopConfig, plot_metrics
 from halluremedy.train.sft import SupervisedBatches, train_sft
 
-TRAIN_SPLIT, HELDOUT_SPLIT = "train", "val"
+TRAIN_SPLIT, HELDOUT_SPLIT, BASE_SPLIT = "train", "val", "base"
 # The default tiny base, trained once by ``python scripts/train_sft.py`` (BaseTrainSpec defaults on the
-# default SceneDataSpec data) and shipped so the default POVID run needs no hour of base training.
+# default SceneDataSpec data) and shipped so the default POVID run needs no 1.3 h of base training.
 SHIPPED_BASE = Path(__file__).parent / "assets" / "scene_base"
 
 
@@ -41,20 +41,28 @@ class SceneDataSpec:
     image_size: int = 32
 
 
-def ensure_scene_data(root: str | os.PathLike, spec: SceneDataSpec = SceneDataSpec()) -> tuple[CocoDataset, CocoDataset]:
-    """Load the train / held-out scene splits under ``root``, generating any that is missing or
-    holds a different number of images than ``spec`` asks for."""
+def ensure_scene_split(root: str | os.PathLike, split: str, n: int, seed: int, caption_noise: float,
+                       image_size: int = SceneDataSpec.image_size) -> CocoDataset:
+    """Load scene split ``split`` under ``root``; generate it when missing or of another size (image i
+    depends only on ``(seed, i)``, so regenerating extends or cuts it)."""
     root = Path(root)
-    cfg = SceneConfig(image_size=spec.image_size)
-    out = []
-    for split, n, seed, noise in ((TRAIN_SPLIT, spec.n_train, spec.train_seed, spec.caption_noise),
-                                  (HELDOUT_SPLIT, spec.n_heldout, spec.heldout_seed, 0.0)):
-        existing = CocoDataset.load(root, split) if (root / "annotations" / f"instances_{split}.json").exists() else None
-        if existing is not None and len(existing) == n:
-            out.append(existing)
-        else:  # absent, or another size: image i depends only on (seed, i), so regenerating extends or cuts it
-            out.append(make_dataset(root, split, n, seed, cfg, caption_noise=noise))
-    return out[0], out[1]
+    if (root / "annotations" / f"instances_{split}.json").exists():
+        existing = CocoDataset.load(root, split)
+        if len(existing) == n:
+            return existing
+    return make_dataset(root, split, n, seed, SceneConfig(image_size=image_size), caption_noise=caption_noise)
+
+
+def ensure_scene_data(root: str | os.PathLike, spec: SceneDataSpec = SceneDataSpec()) -> tuple[CocoDataset, CocoDataset]:
+    """The train / held-out scene splits under ``root`` (generated where missing or resized)."""
+    return (ensure_scene_split(root, TRAIN_SPLIT, spec.n_train, spec.train_seed, spec.caption_noise, spec.image_size),
+            ensure_scene_split(root, HELDOUT_SPLIT, spec.n_heldout, spec.heldout_seed, 0.0, spec.image_size))
+
+
+def ensure_base_split(root: str | os.PathLike, n: int, spec: SceneDataSpec = SceneDataSpec()) -> CocoDataset:
+    """The base model's SFT scenes: the first ``n`` images of the training split's scene stream (same
+    seed and caption noise), so the training split is its first ``spec.n_train`` images."""
+    return ensure_scene_split(root, BASE_SPLIT, n, spec.train_seed, spec.caption_noise, spec.image_size)
 
 
 def scene_model_texts() -> list[str]:
@@ -62,32 +70,36 @@ def scene_model_texts() -> list[str]:
     return scene_text_vocabulary() + prompt_words() + ["Yes", "No"]
 
 
-def parse_cycles(text: str) -> tuple[tuple[int, float], ...]:
-    """``"3000:1.5e-3,8000:1e-3"`` -> ``((3000, 0.0015), (8000, 0.001))`` (steps, peak lr per cycle)."""
+Cycle = tuple[int, float, int]  # (optimiser steps, peak lr, scenes: the first N of the base split)
+
+
+def parse_cycles(text: str) -> tuple[Cycle, ...]:
+    """``"3000:1.5e-3:4000,6000:5e-4:40000"`` -> ``((3000, 0.0015, 4000), (6000, 0.0005, 40000))``."""
     try:
-        cycles = tuple((int(steps), float(lr)) for steps, lr in (part.split(":") for part in text.split(",")))
+        cycles = tuple((int(steps), float(lr), int(n)) for steps, lr, n in (part.split(":") for part in text.split(",")))
     except ValueError:
-        raise ValueError(f"cycles must look like 'STEPS:LR,STEPS:LR,...'; got {text!r}") from None
-    if not cycles or any(steps < 1 or lr <= 0 for steps, lr in cycles):
-        raise ValueError(f"every cycle needs steps >= 1 and lr > 0; got {text!r}")
+        raise ValueError(f"cycles must look like 'STEPS:LR:SCENES,...'; got {text!r}") from None
+    if not cycles or any(steps < 1 or lr <= 0 or n < 1 for steps, lr, n in cycles):
+        raise ValueError(f"every cycle needs steps >= 1, lr > 0 and scenes >= 1; got {text!r}")
     return cycles
 
 
-def format_cycles(cycles: tuple[tuple[int, float], ...]) -> str:
-    return ",".join(f"{steps}:{lr:g}" for steps, lr in cycles)
+def format_cycles(cycles: tuple[Cycle, ...]) -> str:
+    return ",".join(f"{steps}:{lr:g}:{n}" for steps, lr, n in cycles)
 
 
 @dataclass(frozen=True)
 class BaseTrainSpec:
     """SFT recipe of the tiny base: cosine cycles with warm restarts.
 
-    Each ``(steps, peak lr)`` cycle is a cosine schedule with ``warmup_ratio`` warmup and a fresh
-    AdamW, continuing from the previous cycle's model; every cycle walks the same seeded data order.
-    Restarts matter here: the model first learns colours, and shape-dependent answers only leave
-    their plateau after ~10k steps (see ``assets/scene_base/README.md``).
+    Each ``(steps, peak lr, scenes)`` cycle is a cosine schedule with ``warmup_ratio`` warmup and a
+    fresh AdamW on the captions + QA of the first ``scenes`` base-split images, continuing from the
+    previous cycle's model. On the 4000 training scenes alone the model memorises them (train loss
+    0.2) yet barely tells shapes apart on new ones; the last cycle's 40000 scenes are what teach it
+    shape (see ``assets/scene_base/README.md``).
     """
 
-    cycles: tuple[tuple[int, float], ...] = ((3000, 1.5e-3), (8000, 1e-3), (12000, 1e-3))
+    cycles: tuple[Cycle, ...] = ((3000, 1.5e-3, 4000), (8000, 1e-3, 4000), (12000, 1e-3, 4000), (6000, 5e-4, 40000))
     batch_size: int = 32
     warmup_ratio: float = 0.03
     weight_decay: float = 0.01
@@ -96,31 +108,36 @@ class BaseTrainSpec:
 
     @property
     def steps(self) -> int:
-        return sum(steps for steps, _ in self.cycles)
+        return sum(steps for steps, _, _ in self.cycles)
+
+    @property
+    def scenes(self) -> int:
+        return max(n for _, _, n in self.cycles)
 
 
-def train_base_model(train: CocoDataset, out_dir: str | os.PathLike, spec: BaseTrainSpec = BaseTrainSpec(),
+def train_base_model(scenes: CocoDataset, out_dir: str | os.PathLike, spec: BaseTrainSpec = BaseTrainSpec(),
                      model_spec: TinyLlavaSpec = TinyLlavaSpec(), *, init: str | os.PathLike | None = None,
                      resume: bool = False) -> Path:
-    """SFT a tiny LLaVA on captions + existence QA (fresh, or continuing from ``init``); saves
-    ``OUT/model`` (HF layout). Cycle ``i`` of several works in ``OUT/cycle{i}`` and leaves its model
-    there, so with ``resume`` an interrupted recipe skips finished cycles and resumes the one it
-    stopped in."""
+    """SFT a tiny LLaVA on captions + existence QA of ``scenes`` (at least ``spec.scenes`` images),
+    fresh or continuing from ``init``; saves ``OUT/model`` (HF layout). Cycle ``i`` of several works
+    in ``OUT/cycle{i}`` and leaves its model there, so with ``resume`` an interrupted recipe skips
+    finished cycles and resumes the one it stopped in."""
     out_dir = Path(out_dir)
     torch.manual_seed(spec.seed)
     if init:
         model, processor = load_model(init)
     else:
         model, processor = build_tiny_llava(model_spec, scene_model_texts(), seed=spec.seed)
-    conversations = caption_and_qa_conversations(train, seed=spec.seed, questions_per_image=spec.questions_per_image)
-    bank = ImageBank(train, processor.image_processor, progress=True)
+    bank = ImageBank(scenes.head(spec.scenes), processor.image_processor, progress=True)
     encoder = ConversationEncoder(processor.tokenizer, image_seq_length(model), max_length=model_spec.max_positions)
-    batches = SupervisedBatches(conversations, encoder, bank, spec.batch_size, seed=spec.seed)
-    for i, (steps, lr) in enumerate(spec.cycles):
+    for i, (steps, lr, n) in enumerate(spec.cycles):
         cycle_dir = out_dir / f"cycle{i}" if len(spec.cycles) > 1 else out_dir
         if resume and (cycle_dir / "model" / "config.json").exists():
             model, processor = load_model(cycle_dir / "model")
             continue
+        conversations = caption_and_qa_conversations(scenes.head(n), seed=spec.seed,
+                                                     questions_per_image=spec.questions_per_image)
+        batches = SupervisedBatches(conversations, encoder, bank, spec.batch_size, seed=spec.seed)
         loop = LoopConfig(steps=steps, lr=lr, warmup_ratio=spec.warmup_ratio, weight_decay=spec.weight_decay,
                           log_every=25, save_every=250)
         train_sft(model, batches, loop, cycle_dir, resume=resume)
@@ -131,17 +148,20 @@ def train_base_model(train: CocoDataset, out_dir: str | os.PathLike, spec: BaseT
     return out_dir / "model"
 
 
-def ensure_base_model(train: CocoDataset, out_dir: str | os.PathLike, spec: BaseTrainSpec = BaseTrainSpec()) -> Path:
-    """Return ``OUT/model``; if absent, copy the shipped base when ``spec`` is the default recipe
-    (``SHIPPED_BASE``, trained by exactly that recipe on the default scene data), else train it
-    (resuming an interrupted run)."""
+def ensure_base_model(data_root: str | os.PathLike, out_dir: str | os.PathLike, spec: BaseTrainSpec = BaseTrainSpec(),
+                      data: SceneDataSpec = SceneDataSpec()) -> Path:
+    """Return ``OUT/model``; if absent, copy the shipped base when ``spec`` and the scene stream of
+    ``data`` are the defaults (``SHIPPED_BASE`` was trained by exactly that recipe), else train it on the base split
+    under ``data_root`` (generated if needed; an interrupted run resumes)."""
     path = Path(out_dir) / "model"
     if (path / "config.json").exists():
         return path
-    if spec == BaseTrainSpec() and (SHIPPED_BASE / "config.json").exists():
+    default_scenes = (data.train_seed, data.caption_noise, data.image_size) == \
+        (SceneDataSpec.train_seed, SceneDataSpec.caption_noise, SceneDataSpec.image_size)
+    if spec == BaseTrainSpec() and default_scenes and (SHIPPED_BASE / "config.json").exists():
         shutil.copytree(SHIPPED_BASE, path)
         return path
-    return train_base_model(train, out_dir, spec, resume=True)
+    return train_base_model(ensure_base_split(data_root, spec.scenes, data), out_dir, spec, resume=True)
 
 
 def resolve_model_and_data(model: str, data: str, split: str, eval_split: str, *, base_out: str | os.PathLike,
@@ -156,5 +176,6 @@ def resolve_model_and_data(model: str, data: str, split: str, eval_split: str, *
     """
     if model:
         return Path(model), CocoDataset.load(data, split), CocoDataset.load(data, eval_split)
-    train, heldout = ensure_scene_data(data, SceneDataSpec(n_train=scene_train_images, n_heldout=scene_heldout_images))
-    return ensure_base_model(train, base_out, BaseTrainSpec(cycles=parse_cycles(base_cycles))), train, heldout
+    scene_spec = SceneDataSpec(n_train=scene_train_images, n_heldout=scene_heldout_images)
+    train, heldout = ensure_scene_data(data, scene_spec)
+    return ensure_base_model(data, base_out, BaseTrainSpec(cycles=parse_cycles(base_cycles)), scene_spec), train, heldout

@@ -1,9 +1,9 @@
 """Train the tiny scene-world base model (SFT on captions + yes/no existence QA), then evaluate it.
 
-    python scripts/train_sft.py                          # data in runs/scenes, model in runs/base/model (~1 h on 2 cores)
-    python scripts/train_sft.py --cycles 300:1e-3 --out runs/quick
+    python scripts/train_sft.py                          # data in runs/scenes, model in runs/base/model (~1.3 h on 2 cores)
+    python scripts/train_sft.py --cycles 300:1e-3:4000 --out runs/quick
     python scripts/train_sft.py --resume                 # continue an interrupted run exactly
-    python scripts/train_sft.py --init runs/base/model --cycles 2000:5e-4 --out runs/more   # train further
+    python scripts/train_sft.py --init runs/base/model --cycles 2000:5e-4:40000 --out runs/more   # train further
 
 The base is meant to hallucinate: its training captions carry partner noise (half of the captions
 that could, i.e. whose image shows a trigger class without its partner, also mention the absent
@@ -24,6 +24,7 @@ from halluremedy.models.llava import load_model
 from halluremedy.pipeline import (
     BaseTrainSpec,
     SceneDataSpec,
+    ensure_base_split,
     ensure_scene_data,
     format_cycles,
     parse_cycles,
@@ -36,10 +37,10 @@ class SFTRecipe:
     data: str = option("runs/scenes", "scene-world COCO root (generated if absent)")
     out: str = option("runs/base", "output directory; the model lands in OUT/model")
     cycles: str = option(format_cycles(BaseTrainSpec.cycles),
-                         "cosine cycles STEPS:LR,...: each restarts (3% warmup, fresh AdamW) from the last one's model")
+                         "cosine cycles STEPS:LR:SCENES,...: each restarts (3% warmup, fresh AdamW) from the last "
+                         "one's model, on the first SCENES images of the base split (its first 4000 = the train split)")
     batch_size: int = option(BaseTrainSpec.batch_size, "conversations per step")
     seed: int = option(0, "seed for init, data order and evaluation sampling")
-    train_images: int = option(SceneDataSpec.n_train, "scene-world training images (a larger split extends the default one)")
     caption_noise: float = option(SceneDataSpec.caption_noise, "share of eligible training captions that mention an absent partner (new data only)")
     eval_images: int = option(500, "held-out images for CHAIR and POPE")
     init: str = option("", "continue from this model directory instead of a fresh tiny model")
@@ -48,9 +49,11 @@ class SFTRecipe:
 
 def main() -> None:
     cfg = parse_config(SFTRecipe, __doc__)
-    train, heldout = ensure_scene_data(cfg.data, SceneDataSpec(n_train=cfg.train_images, caption_noise=cfg.caption_noise))
+    data = SceneDataSpec(caption_noise=cfg.caption_noise)
+    _, heldout = ensure_scene_data(cfg.data, data)
     spec = BaseTrainSpec(cycles=parse_cycles(cfg.cycles), batch_size=cfg.batch_size, seed=cfg.seed)
-    model_dir = train_base_model(train, cfg.out, spec, init=cfg.init or None, resume=cfg.resume)
+    scenes = ensure_base_split(cfg.data, spec.scenes, data)
+    model_dir = train_base_model(scenes, cfg.out, spec, init=cfg.init or None, resume=cfg.resume)
     model, processor = load_model(model_dir)
     result = evaluate(model, processor, heldout, EvalConfig(
         chair_images=cfg.eval_images, pope_images=cfg.eval_images, seed=cfg.seed,

@@ -16,6 +16,7 @@ Every error names the file, the record index and the field.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -74,6 +75,12 @@ class CocoDataset:
 
     def by_id(self, image_id: int) -> CocoImage:
         return self._index[image_id]
+
+    def head(self, n: int) -> CocoDataset:
+        """The same split cut to its first ``n`` images."""
+        if not 0 <= n <= len(self.images):
+            raise ValueError(f"{self.root}/{self.split}: cannot take the first {n} of {len(self.images)} images")
+        return dataclasses.replace(self, images=self.images[:n])
 
     def __post_init__(self) -> None:
         self._index = {im.image_id: im for im in self.images}

@@ -17,7 +17,7 @@ def _run(script, *args, cwd):
 
 def test_train_dpo_embedded_default_end_to_end(tmp_path):
     out = _run("train_dpo.py", "--data", "d/scenes", "--base-out", "d/base", "--out", "d/povid",
-               "--scene-train-images", "40", "--scene-heldout-images", "30", "--base-cycles", "6:1e-3",
+               "--scene-train-images", "40", "--scene-heldout-images", "30", "--base-cycles", "6:1e-3:40",
                "--stage1-steps", "2", "--stage2-steps", "2", "--batch-size", "4", "--lora-r", "4",
                "--lora-alpha", "8", "--eval-images", "12", "--control", cwd=tmp_path)
     assert "| base |" in out and "| stage1 |" in out and "| stage2 |" in out and "| sft-control |" in out
