@@ -6,6 +6,7 @@ missing (and reuses whatever is already there) before it trains.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from halluremedy.data.coco import CocoDataset
+from halluremedy.data.coco import CocoDataset, write_json_atomic
 from halluremedy.data.conversation import ConversationEncoder
 from halluremedy.data.images import ImageBank
 from halluremedy.data.scenes import SceneConfig, make_dataset, scene_text_vocabulary
@@ -152,16 +153,30 @@ def ensure_base_model(data_root: str | os.PathLike, out_dir: str | os.PathLike, 
                       data: SceneDataSpec = SceneDataSpec()) -> Path:
     """Return ``OUT/model``; if absent, copy the shipped base when ``spec`` and the scene stream of
     ``data`` are the defaults (``SHIPPED_BASE`` was trained by exactly that recipe), else train it on the base split
-    under ``data_root`` (generated if needed; an interrupted run resumes)."""
-    path = Path(out_dir) / "model"
+    under ``data_root`` (generated if needed; an interrupted run resumes).
+
+    ``OUT/base_recipe.json`` records the recipe; a model in ``OUT`` made by another recipe (or with
+    no record) is refused rather than silently reused.
+    """
+    out, path = Path(out_dir), Path(out_dir) / "model"
+    recipe = {"cycles": format_cycles(spec.cycles), "batch_size": spec.batch_size, "warmup_ratio": spec.warmup_ratio,
+              "weight_decay": spec.weight_decay, "seed": spec.seed, "questions_per_image": spec.questions_per_image,
+              "scene_seed": data.train_seed, "caption_noise": data.caption_noise, "image_size": data.image_size}
+    record = out / "base_recipe.json"
     if (path / "config.json").exists():
+        found = json.loads(record.read_text()) if record.exists() else None
+        if found != recipe:
+            raise ValueError(f"{path}: a base model made by {'another recipe: ' + str(found) if found else 'an unrecorded recipe'}"
+                             f", not the one asked for ({recipe}); remove it or pick another base directory")
         return path
     default_scenes = (data.train_seed, data.caption_noise, data.image_size) == \
         (SceneDataSpec.train_seed, SceneDataSpec.caption_noise, SceneDataSpec.image_size)
     if spec == BaseTrainSpec() and default_scenes and (SHIPPED_BASE / "config.json").exists():
         shutil.copytree(SHIPPED_BASE, path)
-        return path
-    return train_base_model(ensure_base_split(data_root, spec.scenes, data), out_dir, spec, resume=True)
+    else:
+        train_base_model(ensure_base_split(data_root, spec.scenes, data), out_dir, spec, resume=True)
+    write_json_atomic(record, recipe, indent=2)
+    return path
 
 
 def resolve_model_and_data(model: str, data: str, split: str, eval_split: str, *, base_out: str | os.PathLike,

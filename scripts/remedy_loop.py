@@ -9,9 +9,10 @@
    targeted-sft   yes/no existence, attribute, relation questions + faithful captions,
                   aimed by the diagnosis (classes, triggers, confused values)
    untargeted-sft the same generator, every class / pair equally likely
-   targeted-dpo   caption pairs, rejected = + an absent object from the model's own
-                  trigger -> hallucination table
-   untargeted-dpo the same with uniform co-occurrence
+   targeted-dpo   caption pairs, rejected = a present object renamed to what the model
+                  itself calls it (its misnaming table; --dpo-edit add: + an absent object
+                  from its trigger -> hallucination table)
+   untargeted-dpo the same with every pair equally likely
    reflective     REVERIE: question -> answer, then "Explain why." -> rationale and
                   "Explain why this answer is wrong: ..." -> rationale, separate samples
    answer-only    the same questions, answers only
@@ -56,6 +57,7 @@ from halluremedy.diagnose import (
 )
 from halluremedy.eval.run import EvalConfig, evaluate, summary_row
 from halluremedy.generate.targeted import (
+    PAIR_EDITS,
     TargetWeights,
     instruction_conversations,
     sample_questions,
@@ -101,6 +103,8 @@ class RemedyConfig:
     batch_size: int = option(16, "samples per step")
     lr: float = option(1e-3, "peak learning rate of the SFT arms (cosine, 3% warmup)")
     dpo_lr: float = option(2e-4, "peak learning rate of the DPO arms")
+    dpo_edit: str = option("rename", "DPO arms' rejected caption: rename (a present object named as the class "
+                           "the model mistakes it for) | add (+ an absent object it hallucinates)")
     beta: float = option(0.1, "DPO beta")
     nll_alpha: float = option(1.0, "DPO arms: RPO term weight on the chosen answer (0 = off)")
     lora: bool = option(True, "train LoRA adapters on the decoder (else a full fine-tune, vision tower included)")
@@ -167,7 +171,7 @@ def arm_data(arm: str, train: CocoDataset, weights: dict[str, TargetWeights], cf
         write_instructions(out / "data.jsonl", conversations)
         return "sft", conversations
     if arm.endswith("-dpo"):
-        records = targeted_preference_pairs(train, weights[arm.split("-")[0]], n, seed=seed)
+        records = targeted_preference_pairs(train, weights[arm.split("-")[0]], n, seed=seed, edit=cfg.dpo_edit)
         write_preferences(out / "pairs.jsonl", records)
         return "dpo", records
     records = scene_reflective_records(train, n, seed=seed, weights=weights[cfg.reflective_weights])
@@ -182,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     arms, seeds = split_list(cfg.arms), [int(s) for s in split_list(cfg.seeds)]
     if unknown := [a for a in arms if a not in ARMS]:
         raise SystemExit(f"unknown arms {unknown}; known: {list(ARMS)}")
+    if cfg.dpo_edit not in PAIR_EDITS:
+        raise SystemExit(f"--dpo-edit must be one of {PAIR_EDITS}, got {cfg.dpo_edit!r}")
     if cfg.reflective_weights not in ("targeted", "uniform"):
         raise SystemExit(f"--reflective-weights must be targeted or uniform, got {cfg.reflective_weights!r}")
     out = Path(cfg.out)
@@ -240,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
                                                    if c in rows[arm][-1]), flush=True)
 
     notes = [(f"arms {arms}, seeds {seeds}: {cfg.records} records per arm and seed, {cfg.steps} steps x "
-             f"{cfg.batch_size} samples, {f'LoRA r{cfg.lora_r}/a{cfg.lora_alpha}' if cfg.lora else 'full fine-tune'}, lr {cfg.lr:g} (DPO {cfg.dpo_lr:g})"),
+             f"{cfg.batch_size} samples, {f'LoRA r{cfg.lora_r}/a{cfg.lora_alpha}' if cfg.lora else 'full fine-tune'}, lr {cfg.lr:g} (DPO {cfg.dpo_lr:g}, "
+             f"{cfg.dpo_edit} pairs)"),
              (f"held-out: {cfg.eval_images} images of {heldout.root}:{heldout.split}; diagnosis: {cfg.diag_images} "
              f"images of {diag.root}:{diag.split}"),
              f"diagnosed/CHAIR_s: held-out captions hallucinating one of the base's worst classes {worst}"]

@@ -62,6 +62,8 @@ class DPORecipe:
     label_smoothing: float = option(0.0, "cDPO label smoothing (sigmoid only)")
     nll_alpha: float = option(1.0, "RPO term: + alpha * mean token NLL of the chosen answer (0 = off)")
     noise_step: int = option(500, "diffusion step k of the noised image (sigmoid schedule, T=1000)")
+    noise_positions: str = option("all", "stage-2 noise term: all (POVID) | seen (only y+ positions whose clean-image "
+                                  "argmax is the y+ token; the rest cancel)")
     weight_text: float = option(0.5, "stage-2 weight of the text-hallucination DPO term")
     weight_noise: float = option(0.5, "stage-2 weight of the noise-triggered DPO term")
     lora: bool = option(True, "train LoRA adapters (else a full fine-tune)")
@@ -100,7 +102,8 @@ def main() -> None:
                       lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed)
     objective = PreferenceObjective(loss_type=cfg.loss_type, beta=cfg.beta, label_smoothing=cfg.label_smoothing,
-                                    nll_alpha=cfg.nll_alpha, noise_step=cfg.noise_step, weight_text=cfg.weight_text,
+                                    nll_alpha=cfg.nll_alpha, noise_step=cfg.noise_step, noise_positions=cfg.noise_positions,
+                                    weight_text=cfg.weight_text,
                                     weight_noise=cfg.weight_noise)
     stages = [int(s) for s in cfg.stages.split(",")]
     models = {"base": base_dir}

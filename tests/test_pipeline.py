@@ -7,8 +7,10 @@ import torch
 
 from halluremedy.models.llava import load_model
 from halluremedy.pipeline import (
+    SHIPPED_BASE,
     BaseTrainSpec,
     SceneDataSpec,
+    ensure_base_model,
     ensure_base_split,
     ensure_scene_data,
     format_cycles,
@@ -58,3 +60,15 @@ def test_scene_splits_follow_their_spec(scenes, tmp_path):
     assert [(a.objects, a.captions) for a in train.images] == [(a.objects, a.captions) for a in scenes.images[:6]]
     with pytest.raises(ValueError, match="first 13 of 12"):
         scenes.head(13)
+
+
+def test_a_base_made_by_another_recipe_is_refused_not_reused(tmp_path):
+    path = ensure_base_model(tmp_path / "data", tmp_path / "base")  # the default recipe: the shipped copy
+    assert (path / "model.safetensors").read_bytes() == (SHIPPED_BASE / "model.safetensors").read_bytes()
+    assert ensure_base_model(tmp_path / "data", tmp_path / "base") == path  # same recipe: reused
+    with pytest.raises(ValueError, match="another recipe"):
+        ensure_base_model(tmp_path / "data", tmp_path / "base", BaseTrainSpec(cycles=((5, 1e-3, 8),)))
+    (tmp_path / "base" / "base_recipe.json").unlink()  # e.g. left by an older version
+    with pytest.raises(ValueError, match="unrecorded recipe"):
+        ensure_base_model(tmp_path / "data", tmp_path / "base")
+    assert not (tmp_path / "data").exists()  # nothing was generated or trained

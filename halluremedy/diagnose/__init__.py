@@ -3,7 +3,8 @@
 * :mod:`.truth`: where ground truth comes from: :class:`AnnotationBackend` (tested) or a
   :class:`DetectorBackend` wrapping any detector;
 * :mod:`.probes`: :func:`diagnose` runs captions, short captions, existence and attribute probes
-  and returns a :class:`Diagnosis` (per-class FP/FN rates, attribute confusions, trigger pairs);
+  and returns a :class:`Diagnosis` (per-class FP/FN rates, attribute confusions, trigger pairs,
+  misnamings: present A named as absent B);
 * :mod:`.report`: :func:`write_report` (JSON + Markdown + PNG) and :func:`write_comparison` (the
   loop's before/after report over seeds);
 
@@ -15,6 +16,7 @@ from halluremedy.diagnose.probes import (
                                          AttributeConfusion,
                                          ClassStats,
                                          Diagnosis,
+                                         Misnaming,
                                          Probe,
                                          ProbeConfig,
                                          ProbeRun,
@@ -35,6 +37,6 @@ from halluremedy.diagnose.truth import (
 )
 
 __all__ = ["AnnotationBackend", "AttributeConfusion", "ClassStats", "Detection", "DetectorBackend", "Diagnosis",
-           "Probe", "ProbeConfig", "ProbeRun", "Trigger", "TruthBackend", "TruthImage", "analyse",
+           "Misnaming", "Probe", "ProbeConfig", "ProbeRun", "Trigger", "TruthBackend", "TruthImage", "analyse",
            "attribute_probes", "diagnose", "existence_probes",
            "run_probes", "write_comparison", "write_report"]

@@ -26,6 +26,12 @@ Then (:func:`analyse`, pure, testable on fake answers) per class::
 and co-occurrence triggers: for an ordered pair (A, B), on images with A present and B absent,
 how often B is hallucinated (caption names it, or the probe says yes) against the same rate on
 images with neither (``base_rate``); ``excess = count - opportunities * base_rate`` ranks them.
+
+Misnamings: a hallucinated caption mention of B whose colour/size words ("a large blue moon")
+describe a present object of another class A ("the large blue circle") is counted as A named B,
+split evenly when the words fit several present classes (those the caption does not name
+otherwise first). A mention without such words, or that fits no present object, stays unexplained;
+``summary["misnamed_share"]`` is the explained share of hallucinated mentions.
 """
 
 from __future__ import annotations
@@ -311,6 +317,40 @@ class AttributeConfusion:
 
 
 @dataclass(frozen=True)
+class Misnaming:
+    """Captions named a present ``true`` object as the absent class ``said`` (see the module docstring);
+    ``count`` is fractional where a description fits objects of several present classes."""
+
+    true: str
+    said: str
+    count: float
+
+
+def misnamed_objects(caption: str, image: TruthImage, vocab: ObjectVocabulary, words: Mapping[str, str]
+                     ) -> tuple[list[tuple[str, str, float]], int]:
+    """(``(true class, said class, share)`` per explained hallucinated mention, hallucinated mentions)."""
+    tokens = tokenize(caption)
+    mentions = vocab.extract_mentions(caption)
+    named = {m.category for m in mentions}
+    found, hallucinated = [], 0
+    for m in mentions:
+        if m.category in image.classes:
+            continue
+        hallucinated += 1
+        described, j = {}, m.token_index - 1
+        while j >= 0 and tokens[j] in words:
+            described[words[tokens[j]]] = tokens[j]
+            j -= 1
+        if not described:
+            continue
+        fits = {o.category for o in image.objects if o.category != m.category
+                and all(o.attributes.get(a) == v for a, v in described.items())}
+        fits = (fits - named) or fits
+        found += [(c, m.category, 1.0 / len(fits)) for c in sorted(fits)]
+    return found, hallucinated
+
+
+@dataclass(frozen=True)
 class Trigger:
     """Present ``present`` -> hallucinated ``hallucinated``, per source (see the module docstring).
 
@@ -363,6 +403,7 @@ class Diagnosis:
     attribute_accuracy: dict[str, dict[str, float]]  # attribute -> {"caption_checked", "caption_wrong", ...}
     triggers: list[Trigger]  # excess-descending
     examples: list[dict]
+    misnamings: list[Misnaming] = field(default_factory=list)  # count-descending
 
     def worst_classes(self, k: int | None = None) -> list[ClassStats]:
         """Classes by hallucination rate, highest first (ties: vocabulary order)."""
@@ -378,7 +419,8 @@ class Diagnosis:
                 "classes": {c: s.to_dict() for c, s in self.classes.items()},
                 "attribute_confusions": [asdict(a) for a in self.attribute_confusions],
                 "attribute_accuracy": self.attribute_accuracy,
-                "triggers": [t.to_dict() for t in self.triggers], "examples": self.examples}
+                "triggers": [t.to_dict() for t in self.triggers], "examples": self.examples,
+                "misnamings": [asdict(m) for m in self.misnamings]}
 
     @classmethod
     def from_dict(cls, d: dict) -> Diagnosis:
@@ -387,7 +429,8 @@ class Diagnosis:
 
         return cls(d["meta"], d["summary"], {c: pick(ClassStats, s) for c, s in d["classes"].items()},
                    [pick(AttributeConfusion, a) for a in d["attribute_confusions"]], d["attribute_accuracy"],
-                   [pick(Trigger, t) for t in d["triggers"]], d["examples"])
+                   [pick(Trigger, t) for t in d["triggers"]], d["examples"],
+                   [pick(Misnaming, m) for m in d.get("misnamings", [])])
 
     def save(self, path: str | os.PathLike) -> None:
         write_json_atomic(path, self.to_dict(), indent=2)
@@ -468,6 +511,17 @@ def analyse(run: ProbeRun, vocab: ObjectVocabulary, meta: dict | None = None, n_
 
     triggers = _triggers(run, mentioned, said_yes)
 
+    misnamed: Counter[tuple[str, str]] = Counter()
+    hallucinated_mentions, explained = 0, 0.0
+    for image_id, caption in run.captions.items():
+        found, n = misnamed_objects(caption, truth[image_id], vocab, attribute_words)
+        hallucinated_mentions += n
+        explained += sum(share for *_, share in found)  # each explained mention's shares sum to 1
+        for true, said, share in found:
+            misnamed[true, said] += share
+    misnamings = [Misnaming(true, said, n) for (true, said), n in
+                  sorted(misnamed.items(), key=lambda kv: (-kv[1], kv[0]))]
+
     summary: dict[str, float] = {"images": float(len(run.images))}
     if run.captions:
         scores = chair(run.captions, {i: set(im.classes) for i, im in truth.items()}, vocab)
@@ -482,6 +536,8 @@ def analyse(run: ProbeRun, vocab: ObjectVocabulary, meta: dict | None = None, n_
     if checked:
         summary["count_accuracy"] = 1.0 - sum(s.count_wrong for s in classes.values()) / checked
     summary["mean_hallucination_rate"] = float(np.mean([s.hallucination_rate for s in classes.values()]))
+    if hallucinated_mentions:
+        summary["misnamed_share"] = explained / hallucinated_mentions
 
     examples = []
     for image_id, caption in run.captions.items():
@@ -490,7 +546,8 @@ def analyse(run: ProbeRun, vocab: ObjectVocabulary, meta: dict | None = None, n_
             examples.append({"image_id": image_id, "file_name": truth[image_id].file_name, "caption": caption,
                              "truth": sorted(truth[image_id].classes), "hallucinated": hallucinated})
     meta = {**(meta or {}), "skipped": list(run.skipped)}
-    return Diagnosis(meta, summary, classes, attribute_confusions, attribute_accuracy, triggers, examples)
+    return Diagnosis(meta, summary, classes, attribute_confusions, attribute_accuracy, triggers, examples,
+                     misnamings)
 
 
 def _triggers(run: ProbeRun, mentioned: dict[int, set[str]], said_yes: dict[int, dict[str, bool]]) -> list[Trigger]:

@@ -92,7 +92,8 @@ def _markdown(d: Diagnosis, top: int, chart: str | None) -> str:
              "caption_recall": "caption recall (%)", "probe_accuracy": "existence probe accuracy (%)",
              "probe_fp_rate": "existence probe FP rate (%)", "probe_fn_rate": "existence probe FN rate (%)",
              "count_accuracy": "count accuracy, short captions (%)",
-             "mean_hallucination_rate": "mean class hallucination rate (%)"}
+             "mean_hallucination_rate": "mean class hallucination rate (%)",
+             "misnamed_share": "hallucinated caption mentions explained as misnamings (%)"}
     lines += [f"| {label} | {_pct(s[k])} |" for k, label in names.items() if k in s]
     lines += ["", "## Worst classes", "",
               "| class | hallucination rate | caption FP | probe FP | caption FN | probe FN | count errors | present / absent |",
@@ -110,6 +111,11 @@ def _markdown(d: Diagnosis, top: int, chart: str | None) -> str:
         (cr, cb), (pr, pb) = t.rates("caption"), t.rates("probe")
         lines.append(f"| {t.present} -> {t.hallucinated} | {_pct(cr)} / {_pct(cb)} | {_pct(pr)} / {_pct(pb)} | "
                      f"{t.opportunities} | {t.excess:.1f} |")
+    if d.misnamings:
+        lines += ["", "## Misnamings (present A named as absent B)", "",
+                  "Matched by the colour/size words the caption gives the hallucinated mention.", "",
+                  "| A named B | mentions |", "|---|---|"]
+        lines += [f"| {m.true} -> {m.said} | {m.count:.1f} |" for m in d.misnamings[:top]]
     lines += ["", "## Attributes", ""]
     for attribute, row in d.attribute_accuracy.items():
         parts = [f"{source} accuracy {_pct(row[f'{source}_accuracy'])}% of {int(row[f'{source}_checked'])}"

@@ -21,9 +21,12 @@ in *what* they ask about, never in how many records, which kinds, or which seed.
   Yes/no questions carry ``POPE_SUFFIX`` (the answer format POPE evaluates).
 * :func:`instruction_conversations` turns them into SFT conversations (LLaVA JSON via
   :func:`write_instructions`; ``train_sft`` consumes them);
-* :func:`targeted_preference_pairs` makes POVID-style pairs whose rejected caption adds an absent
-  object drawn from the model's own trigger -> hallucination table (``RuleBasedEditor`` with
-  diagnosis-weighted co-occurrence); ``write_preferences`` writes them for the DPO recipe.
+* :func:`targeted_preference_pairs` makes POVID-style caption pairs whose rejected caption states
+  one of the model's own hallucinations: ``edit="rename"`` names a present object A as the absent
+  class B the model calls it (drawn from its misnaming table, on an image holding A and not B);
+  ``edit="add"`` adds an absent object drawn from its trigger -> hallucination table
+  (``RuleBasedEditor`` with diagnosis-weighted tables); ``write_preferences`` writes them for the
+  DPO recipe.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 from typing import Literal
 
@@ -52,7 +56,7 @@ from halluremedy.generate.injector import (
 from halluremedy.generate.pairs import caption_prompt_by_index
 from halluremedy.prompts import POPE_SUFFIX, pope_question
 
-__all__ = ["QUESTION_KINDS", "RELATION_PHRASES", "GroundedQuestion", "InstructionMix", "QuestionKind",
+__all__ = ["PAIR_EDITS", "QUESTION_KINDS", "PairEdit", "RELATION_PHRASES", "GroundedQuestion", "InstructionMix", "QuestionKind",
            "TargetWeights", "instruction_conversations", "reference_phrase", "sample_questions",
            "targeted_preference_pairs", "write_instructions"]
 
@@ -77,52 +81,59 @@ class TargetWeights:
     """Where generated data aims. Weights are normalised to sum to 1 (zero-weight keys dropped).
 
     ``classes[c]``: how often class c is asked about; ``triggers[(a, b)]``: how often a negative
-    about b is asked on an image holding a; ``values[(attribute, category, value)]``: extra weight
-    of a false attribute value (added to a uniform base over the false values).
+    about b is asked on an image holding a; ``misnamings[(a, b)]``: how often a rename pair names a
+    present a as the absent b; ``values[(attribute, category, value)]``: extra weight of a false
+    attribute value (added to a uniform base over the false values).
     """
 
     name: str
     classes: dict[str, float]
     triggers: dict[tuple[str, str], float]
     values: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    misnamings: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", _normalised(self.classes, "classes"))
-        object.__setattr__(self, "triggers", _normalised(self.triggers, "triggers") if self.triggers else {})
+        for name in ("triggers", "misnamings"):
+            table = getattr(self, name)
+            object.__setattr__(self, name, _normalised(table, name) if table else {})
 
     @classmethod
     def uniform(cls, categories: Sequence[str]) -> TargetWeights:
         """The untargeted control: every class and every ordered pair equally likely."""
-        return cls("uniform", {c: 1.0 for c in categories},
-                   {(a, b): 1.0 for a in categories for b in categories if a != b})
+        pairs = {(a, b): 1.0 for a in categories for b in categories if a != b}
+        return cls("uniform", {c: 1.0 for c in categories}, pairs, misnamings=pairs)
 
     @classmethod
-    def from_diagnosis(cls, diagnosis: Diagnosis, *, floor: float = 0.02, top_triggers: int | None = 12
-                       ) -> TargetWeights:
+    def from_diagnosis(cls, diagnosis: Diagnosis, *, floor: float = 0.02, top_triggers: int | None = 12,
+                       top_misnamings: int | None = 12) -> TargetWeights:
         """Class weight ``hallucination_rate + floor``; trigger weight = its positive excess (the
-        ``top_triggers`` largest; pairs named by no trigger get none); attribute value weight = how
-        often the model confused it. With no positive trigger, triggers fall back to uniform pairs."""
+        ``top_triggers`` largest; pairs named by no trigger get none); misnaming weight = its count
+        (the ``top_misnamings`` largest); attribute value weight = how often the model confused it.
+        A table the diagnosis leaves empty falls back to uniform pairs."""
         classes = {c: s.hallucination_rate + floor for c, s in diagnosis.classes.items()}
+        uniform = {(a, b): 1.0 for a in classes for b in classes if a != b}
         triggers = {(t.present, t.hallucinated): t.excess for t in diagnosis.top_triggers(top_triggers)}
-        if not triggers:
-            triggers = {(a, b): 1.0 for a in classes for b in classes if a != b}
+        misnamings = {(m.true, m.said): m.count for m in diagnosis.misnamings[:top_misnamings]}
         values: dict[tuple[str, str, str], float] = {}
         for a in diagnosis.attribute_confusions:
             key = (a.attribute, a.category, a.said)
             values[key] = values.get(key, 0.0) + a.count
-        return cls("targeted", classes, triggers, values)
+        return cls("targeted", classes, triggers or uniform, values, misnamings or uniform)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "classes": self.classes,
                 "triggers": [{"present": a, "hallucinated": b, "weight": w} for (a, b), w in self.triggers.items()],
+                "misnamings": [{"true": a, "said": b, "weight": w} for (a, b), w in self.misnamings.items()],
                 "values": [{"attribute": a, "category": c, "value": v, "weight": w}
                            for (a, c, v), w in self.values.items()]}
 
-    def cooccurrence(self, categories: Sequence[str], floor: float = 0.05) -> CooccurrenceStats:
-        """Co-occurrence "counts" a ``RuleBasedEditor`` draws its added objects from: for a present
-        class a, absent class b with weight ``triggers[(a, b)] + floor * classes[b]``."""
-        cats = tuple(categories)
-        pairs = {a: {b: self.triggers.get((a, b), 0.0) + floor * self.classes.get(b, 0.0) for b in cats if b != a}
+    def cooccurrence(self, categories: Sequence[str], floor: float = 0.05, *,
+                     table: Literal["triggers", "misnamings"] = "triggers") -> CooccurrenceStats:
+        """Co-occurrence "counts" a ``RuleBasedEditor`` draws its new objects from: for a present
+        class a, absent class b with weight ``table[(a, b)] + floor * classes[b]``."""
+        cats, pairs_of = tuple(categories), getattr(self, table)
+        pairs = {a: {b: pairs_of.get((a, b), 0.0) + floor * self.classes.get(b, 0.0) for b in cats if b != a}
                  for a in cats}
         return CooccurrenceStats(cats, 1, {c: 1 for c in cats}, pairs)
 
@@ -332,17 +343,31 @@ def sample_questions(dataset: CocoDataset, weights: TargetWeights, n: int, *, se
     return out
 
 
+PairEdit = Literal["rename", "add"]
+PAIR_EDITS: tuple[PairEdit, ...] = ("rename", "add")
+
+
 def targeted_preference_pairs(dataset: CocoDataset, weights: TargetWeights, n: int, *, seed: int,
-                              mix: InstructionMix = InstructionMix(), floor: float = 0.05,
-                              max_tries: int = 50) -> list[PreferenceRecord]:
-    """``n`` caption pairs: chosen = a faithful reference caption of an image chosen as negatives
-    are (holding a sampled trigger), rejected = it with one added absent object, drawn from
-    ``weights.cooccurrence`` (the model's own present -> hallucinated table, or uniform)."""
+                              edit: PairEdit = "rename", mix: InstructionMix = InstructionMix(),
+                              floor: float = 0.05, max_tries: int = 50) -> list[PreferenceRecord]:
+    """``n`` caption pairs: chosen = a faithful reference caption, rejected = it with one hallucination.
+
+    ``edit="rename"``: the image is drawn as negatives are, from ``weights.misnamings`` (holding a,
+    not b), and one mentioned present object is renamed to an absent class drawn from its row of
+    that table. ``edit="add"``: the image holds a sampled trigger, and one absent object drawn from
+    ``weights.triggers`` is added. Targeted weights aim both at the model's own errors; uniform
+    ones draw every pair alike.
+    """
+    if edit not in PAIR_EDITS:
+        raise ValueError(f"edit must be one of {PAIR_EDITS}, got {edit!r}")
+    table = "misnamings" if edit == "rename" else "triggers"
     vocab = object_vocabulary(dataset)
     surface = dataset.synonyms or COCO_SURFACE_WORDS
-    editor = RuleBasedEditor(vocab, weights.cooccurrence(dataset.categories, floor), surface_words=surface,
-                             lexicon=EditLexicon.for_dataset(dataset), cooccur_modes=("add",))
-    sampler = _Sampler(dataset, weights, mix, 0.15, vocab)
+    editor = RuleBasedEditor(vocab, weights.cooccurrence(dataset.categories, floor, table=table), surface_words=surface,
+                             lexicon=EditLexicon.for_dataset(dataset),
+                             cooccur_modes=("replace",) if edit == "rename" else ("add",))
+    aim = dataclass_replace(weights, triggers=weights.misnamings or weights.triggers) if edit == "rename" else weights
+    sampler = _Sampler(dataset, aim, mix, 0.15, vocab)
     rng = np.random.default_rng(seed)
     records = []
     for i in range(n):
@@ -353,7 +378,7 @@ def targeted_preference_pairs(dataset: CocoDataset, weights: TargetWeights, n: i
             rejected = editor.edit(q.image, q.answer, "cooccur", rng)
             if rejected is not None:
                 records.append(PreferenceRecord(q.id, q.image.file_name, q.question, q.answer, (rejected,),
-                                                source=f"{weights.name}:cooccur"))
+                                                source=f"{weights.name}:{edit}"))
                 break
         else:
             raise ValueError(f"targeted_preference_pairs: no editable caption found in {max_tries} draws")

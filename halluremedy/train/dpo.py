@@ -49,6 +49,7 @@ from halluremedy.train.losses import PairLogps, dpo_objective, nll_term, povid_s
 from halluremedy.train.sft import EpochSampler
 
 ReferenceMode = Literal["adapter", "copy", "precomputed"]
+NOISE_POSITIONS = ("all", "seen")
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,19 @@ class PreferenceObjective:
     noise_step: int = 500
     weight_text: float = 0.5
     weight_noise: float = 0.5
+    # "all": POVID, every y+ position scores its noised argmax. "seen": only positions where the
+    # model's clean-image argmax is the y+ token (elsewhere a_t := y+_t, so the position cancels).
+    noise_positions: str = "all"
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {self.stage}")
+        if self.noise_positions not in NOISE_POSITIONS:
+            raise ValueError(f"noise_positions must be one of {NOISE_POSITIONS}, got {self.noise_positions!r}")
+
+    def seen_pixels(self, clean: torch.Tensor) -> torch.Tensor | None:
+        """The clean images :func:`noise_argmax` needs for ``noise_positions="seen"``, else None."""
+        return clean if self.noise_positions == "seen" else None
 
 
 @dataclass(frozen=True)
@@ -158,12 +168,27 @@ def noise_seed(seed: int, epoch: int, record: int) -> int:
 
 
 @torch.no_grad()
-def noise_argmax(model: torch.nn.Module, chosen_only: PackedBatch, noised: torch.Tensor) -> torch.Tensor:
-    """(N_chosen,) argmax token at every y+ position under the noised image (teacher-forced on y+)."""
+def noise_argmax(model: torch.nn.Module, chosen_only: PackedBatch, noised: torch.Tensor,
+                 seen: torch.Tensor | None = None) -> torch.Tensor:
+    """(N_chosen,) argmax token at every y+ position under the noised image (teacher-forced on y+).
+
+    With ``seen`` (the clean images), a position whose clean-image argmax is not the y+ token gets
+    the y+ token instead, so it cancels in the noise-triggered DPO term: only what the model names
+    correctly when it sees the image, and names otherwise under noise, is pushed down. One more
+    no-grad forward.
+    """
     _, head = llava_parts(model)
-    hidden = packed_hidden_states(model, chosen_only, noised)
-    rows = hidden.index_select(0, chosen_only.logprob_index.to(hidden.device))
-    return linear_argmax(rows.to(head.weight.dtype), head.weight, head.bias)
+
+    def argmax(pixels: torch.Tensor) -> torch.Tensor:
+        hidden = packed_hidden_states(model, chosen_only, pixels)
+        rows = hidden.index_select(0, chosen_only.logprob_index.to(hidden.device))
+        return linear_argmax(rows.to(head.weight.dtype), head.weight, head.bias)
+
+    tokens = argmax(noised)
+    if seen is not None:
+        targets = chosen_only.targets.to(tokens.device)
+        tokens = torch.where(argmax(seen) == targets, tokens, targets)
+    return tokens
 
 
 class Reference:
@@ -207,9 +232,9 @@ def score_batch(model: torch.nn.Module, batch: PreferenceBatch, clean: torch.Ten
 
 
 def reference_logps(policy: torch.nn.Module, reference: Reference, batch: PreferenceBatch, clean: torch.Tensor,
-                    noised: torch.Tensor | None) -> StepLogps:
+                    noised: torch.Tensor | None, seen: torch.Tensor | None = None) -> StepLogps:
     with torch.no_grad(), reference.scope(policy) as ref:
-        argmax = noise_argmax(ref, batch.chosen_only, noised) if noised is not None else None
+        argmax = noise_argmax(ref, batch.chosen_only, noised, seen) if noised is not None else None
         return score_batch(ref, batch, clean, argmax)
 
 
@@ -265,10 +290,10 @@ def precompute_reference(model: torch.nn.Module, batches: PreferenceBatches, obj
             for epoch in range(noise.shape[0]):
                 keys = [noise_seed(seed, epoch, r) for r in rows]
                 noised = noised_pixels(batches.bank, images01, keys, objective.noise_step).to(model.dtype)
-                argmax = noise_argmax(model, batch.chosen_only, noised)
+                argmax = noise_argmax(model, batch.chosen_only, noised, objective.seen_pixels(clean))
                 noise[epoch, rows] = score_batch(model, batch, clean, argmax).noise[batch.chosen_index].cpu()
     meta = {"seed": str(seed), "stage": str(objective.stage), "records": str(n), "epochs": str(epochs),
-            "noise_step": str(objective.noise_step)}
+            "noise_step": str(objective.noise_step), "noise_positions": objective.noise_positions}
     tensors = {"chosen": chosen, "rejected": rejected, "noise": noise}
     tmp = Path(path).with_name(Path(path).name + ".tmp")
     save_file(tensors, tmp, metadata=meta)
@@ -315,8 +340,9 @@ def train_preference(policy: torch.nn.Module, batches: PreferenceBatches, object
         if reference.mode == "precomputed":
             ref = cached_reference(reference.cache, batch, epoch, batch.scored.num_responses)
         else:
-            ref = reference_logps(policy, reference, batch, clean, noised)
-        argmax = noise_argmax(policy, batch.chosen_only, noised) if noised is not None else None
+            ref = reference_logps(policy, reference, batch, clean, noised, objective.seen_pixels(clean))
+        argmax = noise_argmax(policy, batch.chosen_only, noised, objective.seen_pixels(clean)) \
+            if noised is not None else None
         pol = score_batch(policy, batch, clean, argmax)
         loss, metrics = preference_loss(objective, batch, pol, ref)
         metrics["batch"] = f"micro-batch {index}, records {batch.records}"
@@ -325,13 +351,14 @@ def train_preference(policy: torch.nn.Module, batches: PreferenceBatches, object
     return train_loop(policy, micro_step, cfg, out_dir, resume=resume, desc=f"dpo stage {objective.stage}")
 
 
-def load_reference_cache(path: str | os.PathLike, *, seed: int, stage: int, records: int) -> dict[str, torch.Tensor]:
+def load_reference_cache(path: str | os.PathLike, *, seed: int, stage: int, records: int,
+                         noise_positions: str = "all") -> dict[str, torch.Tensor]:
     """Load a cache written by ``precompute_reference``; refuse one made for other data or settings."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
-    want = {"seed": str(seed), "stage": str(stage), "records": str(records)}
-    if any(meta.get(k) != v for k, v in want.items()):
+    want = {"seed": str(seed), "stage": str(stage), "records": str(records), "noise_positions": noise_positions}
+    if any(meta.get(k, "all" if k == "noise_positions" else None) != v for k, v in want.items()):
         raise ValueError(f"{path}: reference cache made for {meta}, not {want}")
     return load_file(str(path))

@@ -89,7 +89,8 @@ def run_preference_stage(model_dir: str | os.PathLike, records: list[PreferenceR
         path = out_dir / "reference_logps.safetensors"
         out_dir.mkdir(parents=True, exist_ok=True)
         if resume and path.exists():
-            ref.cache = load_reference_cache(path, seed=spec.seed, stage=objective.stage, records=len(records))
+            ref.cache = load_reference_cache(path, seed=spec.seed, stage=objective.stage, records=len(records),
+                                             noise_positions=objective.noise_positions)
         else:
             scope = model.disable_adapter() if spec.lora else contextlib.nullcontext()
             with scope:

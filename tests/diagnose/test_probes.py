@@ -20,7 +20,7 @@ from halluremedy.diagnose import (
     existence_probes,
     run_probes,
 )
-from halluremedy.diagnose.probes import stated_attributes, stated_counts
+from halluremedy.diagnose.probes import misnamed_objects, stated_attributes, stated_counts
 from halluremedy.prompts import pope_question
 
 from .conftest import CATS, VOCAB, WORDS, o, truth
@@ -88,8 +88,31 @@ def test_analyse_counts_errors_exactly(fake_run):
     assert d.examples[0]["hallucinated"] == ["moon"]
 
 
+def test_misnamings_match_the_words_of_a_hallucinated_mention_to_a_present_object():
+    image = truth(1, o("circle", "red", "large"), o("square", "red", "small"), o("star", "blue", "small"))
+    # the large red moon can only be the circle; the red moon fits circle and square (neither named)
+    assert misnamed_objects("a large red moon and a blue star.", image, VOCAB, WORDS) == ([("circle", "moon", 1.0)], 1)
+    assert misnamed_objects("a red moon.", image, VOCAB, WORDS) == ([("circle", "moon", 0.5), ("square", "moon", 0.5)], 1)
+    # the circle is named, so the red moon is the unnamed square; a bare "moon" and a green one stay unexplained
+    assert misnamed_objects("a red circle and a red moon.", image, VOCAB, WORDS) == ([("square", "moon", 1.0)], 1)
+    assert misnamed_objects("a moon and a green moon.", image, VOCAB, WORDS) == ([], 2)
+    assert misnamed_objects("a red circle.", image, VOCAB, WORDS) == ([], 0)
+
+
+def test_analyse_tallies_misnamings(fake_run):
+    captions = {1: "a large red star and a red moon.", 2: "a red moon and a large red square.", 3: "a square."}
+    d = analyse(replace(fake_run, captions=captions), VOCAB)
+    # image 1: the red moon is the unnamed red circle; image 2: the unnamed red star
+    assert [(m.true, m.said, m.count) for m in d.misnamings] == [("circle", "moon", 1.0), ("star", "moon", 1.0)]
+    assert d.summary["misnamed_share"] == 1.0
+    d = analyse(replace(fake_run, captions={**captions, 3: "a square and a moon."}), VOCAB)
+    assert d.summary["misnamed_share"] == pytest.approx(2 / 3)
+
+
 def test_diagnosis_round_trips_through_json(fake_run, tmp_path):
-    d = analyse(fake_run, VOCAB, {"model": "fake"})
+    d = analyse(replace(fake_run, captions={**fake_run.captions, 2: "a red star and a large red moon."}), VOCAB,
+                {"model": "fake"})
+    assert d.misnamings  # the large red moon is the red square of image 2
     d.save(tmp_path / "d.json")
     back = Diagnosis.load(tmp_path / "d.json")
     assert back.to_dict() == d.to_dict()

@@ -39,6 +39,10 @@ def test_weights_from_a_diagnosis(fake_run):
     assert w.name == "targeted" and sum(w.classes.values()) == pytest.approx(1.0)
     assert max(w.classes, key=w.classes.get) == "moon"
     assert ("star", "moon") in w.triggers and sum(w.triggers.values()) == pytest.approx(1.0)
+    assert len(w.misnamings) == 12  # the fake captions explain no hallucination: uniform over 4 x 3 pairs
+    fake_run.captions[2] = "a red star and a large red moon."  # the large red moon is the square
+    w = TargetWeights.from_diagnosis(analyse(fake_run, VOCAB))
+    assert w.misnamings == {("square", "moon"): 1.0}
     assert w.values[("color", "circle", "blue")] == 2  # one caption and one probe confusion
     u = TargetWeights.uniform(["a", "b", "c"])
     assert list(u.classes.values()) == pytest.approx([1 / 3] * 3) and len(u.triggers) == 6
@@ -116,13 +120,31 @@ def test_instructions_and_pairs_round_trip_through_the_recipe_formats(scenes, tm
 def test_pairs_inject_the_diagnosed_hallucination(scenes):
     vocab = object_vocabulary(scenes)
     aimed = TargetWeights("targeted", {c: 1.0 for c in scenes.categories}, {("star", "crescent"): 1.0})
-    pairs = targeted_preference_pairs(scenes, aimed, 30, seed=0, mix=InstructionMix(trigger_share=1.0), floor=0.0)
-    assert len(pairs) == 30 and {p.source for p in pairs} == {"targeted:cooccur"}
+    pairs = targeted_preference_pairs(scenes, aimed, 30, seed=0, edit="add", mix=InstructionMix(trigger_share=1.0),
+                                      floor=0.0)
+    assert len(pairs) == 30 and {p.source for p in pairs} == {"targeted:add"}
     images = {im.file_name: im for im in scenes.images}
     for p in pairs:
         chosen = {m.category for m in vocab.extract_mentions(p.chosen)}
         rejected = {m.category for m in vocab.extract_mentions(p.rejected[0])}
         assert chosen <= images[p.image].categories  # the preferred caption is faithful
         assert rejected - chosen == {"crescent"}  # the only trigger -> hallucination pair
-    assert Counter(targeted_preference_pairs(scenes, TargetWeights.uniform(scenes.categories), 30, seed=0)[k].image
-                   for k in range(30)) != Counter(p.image for p in pairs)
+    assert Counter(targeted_preference_pairs(scenes, TargetWeights.uniform(scenes.categories), 30, seed=0,
+                                             edit="add")[k].image for k in range(30)) != Counter(p.image for p in pairs)
+
+
+def test_rename_pairs_name_a_present_object_as_the_diagnosed_misnaming(scenes):
+    vocab = object_vocabulary(scenes)
+    aimed = TargetWeights("targeted", {c: 1.0 for c in scenes.categories}, {("circle", "square"): 1.0},
+                          misnamings={("star", "crescent"): 1.0})
+    pairs = targeted_preference_pairs(scenes, aimed, 30, seed=0, mix=InstructionMix(trigger_share=1.0), floor=0.0)
+    assert len(pairs) == 30 and {p.source for p in pairs} == {"targeted:rename"}
+    images = {im.file_name: im for im in scenes.images}
+    for p in pairs:
+        chosen = [m.category for m in vocab.extract_mentions(p.chosen)]
+        rejected = [m.category for m in vocab.extract_mentions(p.rejected[0])]
+        assert set(chosen) <= images[p.image].categories and "crescent" not in images[p.image].categories
+        assert len(rejected) == len(chosen)  # same objects, one of them named otherwise
+        assert {(a, b) for a, b in zip(chosen, rejected) if a != b} == {("star", "crescent")}
+    with pytest.raises(ValueError, match="edit must be"):
+        targeted_preference_pairs(scenes, aimed, 1, seed=0, edit="swap")

@@ -58,6 +58,9 @@ def _full_logprobs(model, encoder, bank, record, answer, pixel):
 def test_scores_and_noise_argmax_match_full_logit_transcription(setup):
     model, all_records, encoder, batches = setup
     model.eval()
+    with torch.no_grad():  # favour one word of the captions, so the clean argmax is y+ at some positions
+        model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.lm_head.out_features))
+        model.lm_head.bias[encoder.response_ids("a")[0]] = 4.0
     batch = batches.batch(0)
     bank = batches.bank
     images01 = bank.get01(batch.files)
@@ -65,13 +68,18 @@ def test_scores_and_noise_argmax_match_full_logit_transcription(setup):
     noised = noised_pixels(bank, images01, [noise_seed(0, 0, r) for r in batch.records], 500)
     with torch.no_grad():
         argmax = noise_argmax(model, batch.chosen_only, noised)
+        seen = noise_argmax(model, batch.chosen_only, noised, clean)
         got = score_batch(model, batch, clean, argmax)
         records = [all_records[r] for r in batch.records]
-        offset = 0
+        offset, kept = 0, 0
         for b, rec in enumerate(records):
             logp_noised, resp = _full_logprobs(model, encoder, bank, rec, rec.chosen, noised[b:b + 1])
             a = logp_noised.argmax(-1)
             assert torch.equal(argmax[offset:offset + len(resp)], a)
+            # noise_positions="seen": the noised argmax where the clean argmax is y+, y+ elsewhere
+            known = _full_logprobs(model, encoder, bank, rec, rec.chosen, clean[b:b + 1])[0].argmax(-1) == resp
+            assert torch.equal(seen[offset:offset + len(resp)], torch.where(known, a, resp))
+            kept += int(known.sum())
             offset += len(resp)
             logp, resp = _full_logprobs(model, encoder, bank, rec, rec.chosen, clean[b:b + 1])
             c = int(batch.chosen_index[b])
@@ -81,6 +89,7 @@ def test_scores_and_noise_argmax_match_full_logit_transcription(setup):
                 logp_r, resp_r = _full_logprobs(model, encoder, bank, rec, rej, clean[b:b + 1])
                 assert got.summed[c + 1 + j].item() == pytest.approx(logp_r.gather(1, resp_r[:, None]).sum().item(),
                                                                      abs=1e-4)
+    assert 0 < kept < offset  # both branches of the "seen" rule are exercised
 
 
 @pytest.mark.parametrize("stage", [1, 2])
