@@ -9,9 +9,9 @@
    targeted-sft   yes/no existence, attribute, relation questions + faithful captions,
                   aimed by the diagnosis (classes, triggers, confused values)
    untargeted-sft the same generator, every class / pair equally likely
-   targeted-dpo   caption pairs, rejected = a present object renamed to what the model
-                  itself calls it (its misnaming table; --dpo-edit add: + an absent object
-                  from its trigger -> hallucination table)
+   targeted-dpo   caption pairs, rejected = + an absent object from the model's own
+                  trigger -> hallucination table (--dpo-edit rename: a present object
+                  renamed to what the model itself calls it, from its misnaming table)
    untargeted-dpo the same with every pair equally likely
    reflective     REVERIE: question -> answer, then "Explain why." -> rationale and
                   "Explain why this answer is wrong: ..." -> rationale, separate samples
@@ -103,8 +103,8 @@ class RemedyConfig:
     batch_size: int = option(16, "samples per step")
     lr: float = option(1e-3, "peak learning rate of the SFT arms (cosine, 3% warmup)")
     dpo_lr: float = option(2e-4, "peak learning rate of the DPO arms")
-    dpo_edit: str = option("rename", "DPO arms' rejected caption: rename (a present object named as the class "
-                           "the model mistakes it for) | add (+ an absent object it hallucinates)")
+    dpo_edit: str = option("add", "DPO arms' rejected caption: add (+ an absent object the model hallucinates) | "
+                           "rename (a present object named as the class the model mistakes it for)")
     beta: float = option(0.1, "DPO beta")
     nll_alpha: float = option(1.0, "DPO arms: RPO term weight on the chosen answer (0 = off)")
     lora: bool = option(True, "train LoRA adapters on the decoder (else a full fine-tune, vision tower included)")

@@ -27,7 +27,7 @@ from halluremedy.config import option, parse_config
 from halluremedy.data.coco import write_json_atomic
 from halluremedy.data.preference import load_preferences, write_preferences
 from halluremedy.eval.run import EvalConfig, evaluate, format_table, summary_row
-from halluremedy.generate.injector import EDIT_KINDS, RuleBasedEditor
+from halluremedy.generate.injector import COOCCUR_MODES, EDIT_KINDS, RuleBasedEditor
 from halluremedy.generate.pairs import generate_preference_pairs
 from halluremedy.models.generate import Decoding
 from halluremedy.models.llava import load_model
@@ -44,6 +44,8 @@ class DPORecipe:
     pairs: str = option("", "preference JSON(L); empty: rule-based hallucination edits of SPLIT's captions")
     edit_kinds: str = option(",".join(EDIT_KINDS), "rule-based edits the rejected answers may use (without --pairs): "
                              "comma-separated of " + ", ".join(EDIT_KINDS))
+    cooccur_modes: str = option(",".join(COOCCUR_MODES), "how co-occurrence edits bring in the absent object: "
+                                "add (a new mention) and/or replace (a mentioned object's noun), comma-separated")
     skip_invalid: bool = option(False, "skip malformed preference records (counted) instead of stopping")
     eval_split: str = option("val", "held-out split for CHAIR / POPE")
     base_out: str = option("runs/base", "embedded default only: where the tiny base model is (trained if absent)")
@@ -92,7 +94,8 @@ def main() -> None:
         if errors:
             print(f"skipped {len(errors)} invalid preference records, first: {errors[0]}")
     else:
-        generation = generate_preference_pairs(train, RuleBasedEditor.for_dataset(train), seed=cfg.seed,
+        editor = RuleBasedEditor.for_dataset(train, cooccur_modes=[m.strip() for m in cfg.cooccur_modes.split(",")])
+        generation = generate_preference_pairs(train, editor, seed=cfg.seed,
                                                kinds=[k.strip() for k in cfg.edit_kinds.split(",")], progress=True)
         records = generation.records
         write_preferences(out / "pairs.jsonl", records)

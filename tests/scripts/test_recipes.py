@@ -40,5 +40,6 @@ def test_train_dpo_embedded_default_end_to_end(tmp_path):
 
 def test_train_dpo_help_names_every_option(tmp_path):
     out = _run("train_dpo.py", "--help", cwd=tmp_path)
-    for flag in ("--model", "--pairs", "--stage2-steps", "--noise-step", "--reference", "--resume", "--control"):
+    for flag in ("--model", "--pairs", "--stage2-steps", "--noise-step", "--noise-positions", "--edit-kinds",
+                 "--cooccur-modes", "--reference", "--resume", "--control"):
         assert flag in out
