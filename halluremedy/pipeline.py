@@ -22,7 +22,7 @@ from halluremedy.data.sft import caption_and_qa_conversations
 from halluremedy.models.llava import TinyLlavaSpec, build_tiny_llava, image_seq_length, load_model, save_model
 from halluremedy.prompts import prompt_words
 from halluremedy.train.loop import LoopConfig, plot_metrics
-from halluremedy.train.sft import SupervisedBatches, train_sft
+from halluremedy.train.sft import NoiseAugment, SupervisedBatches, train_sft
 
 TRAIN_SPLIT, HELDOUT_SPLIT, BASE_SPLIT = "train", "val", "base"
 # The default tiny base, trained once by ``python scripts/train_sft.py`` (BaseTrainSpec defaults on the
@@ -71,33 +71,45 @@ def scene_model_texts() -> list[str]:
     return scene_text_vocabulary() + prompt_words() + ["Yes", "No"]
 
 
-Cycle = tuple[int, float, int]  # (optimiser steps, peak lr, scenes: the first N of the base split)
+# (optimiser steps, peak lr, scenes: the first N of the base split, share of images noised)
+Cycle = tuple[int, float, int, float]
+
+
+def _cycle(steps: int, lr: float, n: int, noised: float = 0.0) -> Cycle:
+    if steps < 1 or lr <= 0 or n < 1 or not 0.0 <= noised <= 1.0:
+        raise ValueError(f"every cycle needs steps >= 1, lr > 0, scenes >= 1 and a noised share in [0, 1]; "
+                         f"got {(steps, lr, n, noised)}")
+    return int(steps), float(lr), int(n), float(noised)
 
 
 def parse_cycles(text: str) -> tuple[Cycle, ...]:
-    """``"3000:1.5e-3:4000,6000:5e-4:40000"`` -> ``((3000, 0.0015, 4000), (6000, 0.0005, 40000))``."""
+    """``"3000:1.5e-3:4000,1500:3e-4:40000:0.5"`` -> ``((3000, 0.0015, 4000, 0.0), (1500, 0.0003, 40000, 0.5))``."""
     try:
-        cycles = tuple((int(steps), float(lr), int(n)) for steps, lr, n in (part.split(":") for part in text.split(",")))
+        parts = [part.split(":") for part in text.split(",")]
+        if not text or any(len(p) not in (3, 4) for p in parts):
+            raise ValueError
+        values = [(int(p[0]), float(p[1]), int(p[2]), float(p[3]) if len(p) == 4 else 0.0) for p in parts]
     except ValueError:
-        raise ValueError(f"cycles must look like 'STEPS:LR:SCENES,...'; got {text!r}") from None
-    if not cycles or any(steps < 1 or lr <= 0 or n < 1 for steps, lr, n in cycles):
-        raise ValueError(f"every cycle needs steps >= 1, lr > 0 and scenes >= 1; got {text!r}")
-    return cycles
+        raise ValueError(f"cycles must look like 'STEPS:LR:SCENES[:NOISED],...'; got {text!r}") from None
+    return tuple(_cycle(*v) for v in values)
 
 
 def format_cycles(cycles: tuple[Cycle, ...]) -> str:
-    return ",".join(f"{steps}:{lr:g}:{n}" for steps, lr, n in cycles)
+    return ",".join(f"{steps}:{lr:g}:{n}" + (f":{noised:g}" if noised else "")
+                    for steps, lr, n, noised in (_cycle(*c) for c in cycles))
 
 
 @dataclass(frozen=True)
 class BaseTrainSpec:
     """SFT recipe of the tiny base: cosine cycles with warm restarts.
 
-    Each ``(steps, peak lr, scenes)`` cycle is a cosine schedule with ``warmup_ratio`` warmup and a
-    fresh AdamW on the captions + QA of the first ``scenes`` base-split images, continuing from the
-    previous cycle's model. On the 4000 training scenes alone the model memorises them (train loss
-    0.2) yet barely tells shapes apart on new ones; the last cycle's 40000 scenes are what teach it
-    shape (see ``assets/scene_base/README.md``).
+    Each ``(steps, peak lr, scenes, noised)`` cycle is a cosine schedule with ``warmup_ratio``
+    warmup and a fresh AdamW on the captions + QA of the first ``scenes`` base-split images,
+    continuing from the previous cycle's model; a ``noised`` share of its images is diffusion-noised
+    (:class:`~halluremedy.train.sft.NoiseAugment`, steps below ``noise_max_step``). A 3-tuple cycle
+    means ``noised = 0``. On the 4000 training scenes alone the model memorises them (train loss
+    0.2) yet barely tells shapes apart on new ones; the 40000-scene cycle is what teaches it shape
+    (see ``assets/scene_base/README.md``).
     """
 
     cycles: tuple[Cycle, ...] = ((3000, 1.5e-3, 4000), (8000, 1e-3, 4000), (12000, 1e-3, 4000), (6000, 5e-4, 40000))
@@ -106,14 +118,18 @@ class BaseTrainSpec:
     weight_decay: float = 0.01
     seed: int = 0
     questions_per_image: int = 2
+    noise_max_step: int = 700
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cycles", tuple(_cycle(*c) for c in self.cycles))
 
     @property
     def steps(self) -> int:
-        return sum(steps for steps, _, _ in self.cycles)
+        return sum(c[0] for c in self.cycles)
 
     @property
     def scenes(self) -> int:
-        return max(n for _, _, n in self.cycles)
+        return max(c[2] for c in self.cycles)
 
 
 def train_base_model(scenes: CocoDataset, out_dir: str | os.PathLike, spec: BaseTrainSpec = BaseTrainSpec(),
@@ -131,14 +147,15 @@ def train_base_model(scenes: CocoDataset, out_dir: str | os.PathLike, spec: Base
         model, processor = build_tiny_llava(model_spec, scene_model_texts(), seed=spec.seed)
     bank = ImageBank(scenes.head(spec.scenes), processor.image_processor, progress=True)
     encoder = ConversationEncoder(processor.tokenizer, image_seq_length(model), max_length=model_spec.max_positions)
-    for i, (steps, lr, n) in enumerate(spec.cycles):
+    for i, (steps, lr, n, noised) in enumerate(spec.cycles):
         cycle_dir = out_dir / f"cycle{i}" if len(spec.cycles) > 1 else out_dir
         if resume and (cycle_dir / "model" / "config.json").exists():
             model, processor = load_model(cycle_dir / "model")
             continue
         conversations = caption_and_qa_conversations(scenes.head(n), seed=spec.seed,
                                                      questions_per_image=spec.questions_per_image)
-        batches = SupervisedBatches(conversations, encoder, bank, spec.batch_size, seed=spec.seed)
+        noise = NoiseAugment(noised, spec.noise_max_step, spec.seed) if noised else None
+        batches = SupervisedBatches(conversations, encoder, bank, spec.batch_size, seed=spec.seed, noise=noise)
         loop = LoopConfig(steps=steps, lr=lr, warmup_ratio=spec.warmup_ratio, weight_decay=spec.weight_decay,
                           log_every=25, save_every=250)
         train_sft(model, batches, loop, cycle_dir, resume=resume)
@@ -161,6 +178,7 @@ def ensure_base_model(data_root: str | os.PathLike, out_dir: str | os.PathLike, 
     out, path = Path(out_dir), Path(out_dir) / "model"
     recipe = {"cycles": format_cycles(spec.cycles), "batch_size": spec.batch_size, "warmup_ratio": spec.warmup_ratio,
               "weight_decay": spec.weight_decay, "seed": spec.seed, "questions_per_image": spec.questions_per_image,
+              "noise_max_step": spec.noise_max_step,
               "scene_seed": data.train_seed, "caption_noise": data.caption_noise, "image_size": data.image_size}
     record = out / "base_recipe.json"
     if (path / "config.json").exists():

@@ -110,6 +110,7 @@ class RemedyConfig:
     lora: bool = option(True, "train LoRA adapters on the decoder (else a full fine-tune, vision tower included)")
     lora_r: int = option(16, "LoRA rank")
     lora_alpha: int = option(32, "LoRA alpha")
+    focus: float = option(1.0, "targeted class weights: (diagnosed hallucination rate + 0.02) ** FOCUS")
     reflective_weights: str = option("targeted", "questions of the reflective arms: targeted | uniform")
     eval_images: int = option(200, "held-out images for CHAIR and for POPE")
     rediagnose: bool = option(True, "re-diagnose every trained arm on the diagnosis split")
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     probe = ProbeConfig(images=cfg.diag_images)
     before = diagnosed(base_dir, diag, probe, out / "diagnosis" / "base", "base", cfg)
     worst = [c.category for c in before.worst_classes(3)]
-    weights = {"targeted": TargetWeights.from_diagnosis(before), "untargeted": TargetWeights.uniform(train.categories)}
+    weights = {"targeted": TargetWeights.from_diagnosis(before, focus=cfg.focus), "untargeted": TargetWeights.uniform(train.categories)}
     weights["uniform"] = weights["untargeted"]
     write_json_atomic(out / "target_weights.json", {k: w.to_dict() for k, w in weights.items() if k != "uniform"},
                       indent=2)

@@ -37,8 +37,9 @@ class SFTRecipe:
     data: str = option("runs/scenes", "scene-world COCO root (generated if absent)")
     out: str = option("runs/base", "output directory; the model lands in OUT/model")
     cycles: str = option(format_cycles(BaseTrainSpec.cycles),
-                         "cosine cycles STEPS:LR:SCENES,...: each restarts (3% warmup, fresh AdamW) from the last "
-                         "one's model, on the first SCENES images of the base split (its first 4000 = the train split)")
+                         "cosine cycles STEPS:LR:SCENES[:NOISED],...: each restarts (3% warmup, fresh AdamW) from the "
+                         "last one's model, on the first SCENES images of the base split (its first 4000 = the train "
+                         "split), a NOISED share of them diffusion-noised (default 0)")
     batch_size: int = option(BaseTrainSpec.batch_size, "conversations per step")
     seed: int = option(0, "seed for init, data order and evaluation sampling")
     caption_noise: float = option(SceneDataSpec.caption_noise, "share of eligible training captions that mention an absent partner (new data only)")

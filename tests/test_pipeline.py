@@ -20,11 +20,14 @@ from halluremedy.pipeline import (
 
 
 def test_cycles_round_trip_and_bad_text():
-    assert parse_cycles("3000:1.5e-3:4000,8000:1e-3:40000") == ((3000, 1.5e-3, 4000), (8000, 1e-3, 40000))
-    assert parse_cycles(format_cycles(BaseTrainSpec.cycles)) == BaseTrainSpec.cycles
-    assert BaseTrainSpec().steps == sum(s for s, _, _ in BaseTrainSpec.cycles)
-    assert BaseTrainSpec().scenes == max(n for _, _, n in BaseTrainSpec.cycles)
-    for bad in ("", "3000", "3000:1e-3", "3000:x:10", "0:1e-3:10", "10:0:10", "10:1e-3:0", "10:1e-3:10,"):
+    assert parse_cycles("3000:1.5e-3:4000,8000:1e-3:40000:0.5") == ((3000, 1.5e-3, 4000, 0.0), (8000, 1e-3, 40000, 0.5))
+    assert parse_cycles(format_cycles(BaseTrainSpec().cycles)) == BaseTrainSpec().cycles
+    assert format_cycles(((5, 1e-3, 8), (6, 2e-3, 9, 0.25))) == "5:0.001:8,6:0.002:9:0.25"
+    assert BaseTrainSpec(cycles=((5, 1e-3, 8),)).cycles == ((5, 1e-3, 8, 0.0),)
+    assert BaseTrainSpec().steps == sum(c[0] for c in BaseTrainSpec.cycles)
+    assert BaseTrainSpec().scenes == max(c[2] for c in BaseTrainSpec.cycles)
+    for bad in ("", "3000", "3000:1e-3", "3000:x:10", "0:1e-3:10", "10:1e-3:0", "10:1e-3:10,", "10:1e-3:10:1.5",
+                "10:1e-3:10:0.5:1"):
         with pytest.raises(ValueError, match="cycle"):
             parse_cycles(bad)
 
@@ -36,10 +39,10 @@ def scenes(tmp_path_factory):
 
 def test_two_cycles_equal_a_cycle_then_a_continued_cycle(scenes, tmp_path):
     kwargs = dict(batch_size=4, seed=0)
-    two = BaseTrainSpec(cycles=((3, 2e-3, 8), (2, 1e-3, 12)), **kwargs)
+    two = BaseTrainSpec(cycles=((3, 2e-3, 8), (2, 1e-3, 12, 0.5)), **kwargs)  # the second noises half its images
     both = train_base_model(scenes, tmp_path / "both", two)
     first = train_base_model(scenes.head(8), tmp_path / "first", BaseTrainSpec(cycles=((3, 2e-3, 8),), **kwargs))
-    then = train_base_model(scenes, tmp_path / "then", BaseTrainSpec(cycles=((2, 1e-3, 12),), **kwargs), init=first)
+    then = train_base_model(scenes, tmp_path / "then", BaseTrainSpec(cycles=((2, 1e-3, 12, 0.5),), **kwargs), init=first)
     a, b = load_model(both)[0].state_dict(), load_model(then)[0].state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert (tmp_path / "both" / "cycle0" / "model" / "config.json").exists()

@@ -106,12 +106,15 @@ class TargetWeights:
 
     @classmethod
     def from_diagnosis(cls, diagnosis: Diagnosis, *, floor: float = 0.02, top_triggers: int | None = 12,
-                       top_misnamings: int | None = 12) -> TargetWeights:
-        """Class weight ``hallucination_rate + floor``; trigger weight = its positive excess (the
+                       top_misnamings: int | None = 12, focus: float = 1.0) -> TargetWeights:
+        """Class weight ``(hallucination_rate + floor) ** focus`` (``focus`` > 1 aims harder at the
+        worst classes); trigger weight = its positive excess (the
         ``top_triggers`` largest; pairs named by no trigger get none); misnaming weight = its count
         (the ``top_misnamings`` largest); attribute value weight = how often the model confused it.
         A table the diagnosis leaves empty falls back to uniform pairs."""
-        classes = {c: s.hallucination_rate + floor for c, s in diagnosis.classes.items()}
+        if focus <= 0:
+            raise ValueError(f"focus must be > 0, got {focus}")
+        classes = {c: (s.hallucination_rate + floor) ** focus for c, s in diagnosis.classes.items()}
         uniform = {(a, b): 1.0 for a in classes for b in classes if a != b}
         triggers = {(t.present, t.hallucinated): t.excess for t in diagnosis.top_triggers(top_triggers)}
         misnamings = {(m.true, m.said): m.count for m in diagnosis.misnamings[:top_misnamings]}

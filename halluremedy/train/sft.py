@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from vlm_kernels import diffusion_noise
 
 from halluremedy.data.conversation import IGNORE_INDEX, Conversation, ConversationEncoder, pad_right
 from halluremedy.data.images import ImageBank
@@ -36,15 +38,46 @@ class EpochSampler:
         return out
 
 
+@dataclass(frozen=True)
+class NoiseAugment:
+    """Noise a ``share`` of the images of each batch to a forward-diffusion step drawn uniformly
+    from ``[0, max_step)`` (POVID's schedule, ``vlm_kernels.diffusion_noise``), the text unchanged.
+
+    A model trained so sees through moderate noise and, where the noise hides an object, falls back
+    on what the text makes likely, as CLIP-based VLMs do; without it a tiny encoder reads noise as
+    a texture of its own (the scene base named noised images "ring"). Batch ``i``'s draw is a pure
+    function of ``(seed, i)``.
+    """
+
+    share: float
+    max_step: int = 700
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.share <= 1.0 or self.max_step < 1:
+            raise ValueError(f"NoiseAugment needs share in [0, 1] and max_step >= 1, got {self}")
+
+    def apply(self, images01: torch.Tensor, index: int, bank: ImageBank) -> torch.Tensor:
+        """(B, C, H, W) pixels of batch ``index``'s [0, 1] images, normalised as ``bank`` does, a
+        ``share`` of them noised."""
+        rng = np.random.default_rng([self.seed, index])
+        noised = torch.from_numpy(rng.random(len(images01)) < self.share).to(images01.device)
+        steps = torch.from_numpy(rng.integers(0, self.max_step, len(images01))).to(images01.device)
+        out = diffusion_noise(images01, steps, seed=int(rng.integers(2**31)), mean=bank.mean.flatten().tolist(),
+                              std=bank.std.flatten().tolist())
+        return torch.where(noised[:, None, None, None], out, bank.normalize(images01))
+
+
 class SupervisedBatches:
     """Batches of encoded conversations with their images.
 
     ``batch(i)`` -> dict with ``input_ids`` (B, T), ``labels`` (B, T) (``-100`` outside assistant
-    turns and padding), ``attention_mask`` (B, T), ``pixel_values`` (B, C, H, W).
+    turns and padding), ``attention_mask`` (B, T), ``pixel_values`` (B, C, H, W) (noised as
+    ``noise`` says, if given).
     """
 
     def __init__(self, conversations: Sequence[Conversation], encoder: ConversationEncoder, bank: ImageBank,
-                 batch_size: int, seed: int):
+                 batch_size: int, seed: int, noise: NoiseAugment | None = None):
         missing = [c.image for c in conversations if c.image not in bank]
         if missing:
             raise FileNotFoundError(f"{len(missing)} conversations name images not in the dataset, e.g. {missing[0]}")
@@ -54,14 +87,17 @@ class SupervisedBatches:
         self.bank, self.batch_size = bank, batch_size
         self.pad_id = encoder.tokenizer.pad_token_id
         self.sampler = EpochSampler(len(conversations), seed)
+        self.noise = noise
 
     def batch(self, index: int) -> dict[str, torch.Tensor]:
         rows = self.sampler.take(index * self.batch_size, self.batch_size)
         ids = pad_right([self.encoded[r][0] for r in rows], self.pad_id)
         labels = pad_right([self.encoded[r][1] for r in rows], IGNORE_INDEX)
         mask = pad_right([[1] * len(self.encoded[r][0]) for r in rows], 0)
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask,
-                "pixel_values": self.bank.pixels([self.images[r] for r in rows])}
+        files = [self.images[r] for r in rows]
+        pixels = self.bank.pixels(files) if self.noise is None else \
+            self.noise.apply(self.bank.get01(files), index, self.bank)
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "pixel_values": pixels}
 
 
 def train_sft(model: torch.nn.Module, batches: SupervisedBatches, cfg: LoopConfig, out_dir: str | os.PathLike,

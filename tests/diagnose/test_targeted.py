@@ -38,6 +38,8 @@ def test_weights_from_a_diagnosis(fake_run):
     w = TargetWeights.from_diagnosis(analyse(fake_run, VOCAB))
     assert w.name == "targeted" and sum(w.classes.values()) == pytest.approx(1.0)
     assert max(w.classes, key=w.classes.get) == "moon"
+    sharp = TargetWeights.from_diagnosis(analyse(fake_run, VOCAB), focus=3.0)
+    assert sharp.classes["moon"] > w.classes["moon"] and sum(sharp.classes.values()) == pytest.approx(1.0)
     assert ("star", "moon") in w.triggers and sum(w.triggers.values()) == pytest.approx(1.0)
     assert len(w.misnamings) == 12  # the fake captions explain no hallucination: uniform over 4 x 3 pairs
     fake_run.captions[2] = "a red star and a large red moon."  # the large red moon is the square

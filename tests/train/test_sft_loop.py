@@ -1,12 +1,14 @@
 """The shared loop: SFT lowers the loss, resume is exact, a NaN stops the run with the batch named."""
 
+import numpy as np
 import pytest
 import torch
+from vlm_kernels.diffusion_noise import povid_noise_schedule
 
 from halluremedy.data.conversation import Conversation, ConversationEncoder, Turn
 from halluremedy.data.images import ImageBank
 from halluremedy.train.loop import LoopConfig, read_metrics, train_loop
-from halluremedy.train.sft import SupervisedBatches, train_sft
+from halluremedy.train.sft import NoiseAugment, SupervisedBatches, train_sft
 
 
 def _setup(tiny_coco, factory, seed=0):
@@ -24,6 +26,32 @@ def test_image_bank_matches_processor(tiny_coco, tiny_llava_factory):
     im = tiny_coco.images[1]
     expected = processor.image_processor([tiny_coco.load_image(im)], return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(bank.pixels([im.file_name]), expected, atol=1e-6, rtol=0)
+
+
+def test_noise_augment_noises_the_drawn_share_at_the_drawn_steps(tiny_coco, tiny_llava_factory):
+    _, processor = tiny_llava_factory()
+    bank = ImageBank(tiny_coco, processor.image_processor)
+    files = [im.file_name for im in tiny_coco.images] * 8
+    images01, clean = bank.get01(files), bank.pixels(files)
+    augment = NoiseAugment(share=0.5, max_step=1000, seed=3)
+    out = augment.apply(images01, 5, bank)
+    torch.testing.assert_close(augment.apply(images01, 5, bank), out, rtol=0, atol=0)  # a function of (seed, index)
+    assert not torch.equal(augment.apply(images01, 6, bank), out)
+    rng = np.random.default_rng([3, 5])
+    noised, steps = rng.random(len(files)) < 0.5, rng.integers(0, 1000, len(files))
+    assert 0 < noised.sum() < len(files)
+    abar = povid_noise_schedule()
+    for b in range(len(files)):
+        if not noised[b]:
+            torch.testing.assert_close(out[b], clean[b], rtol=0, atol=0)
+            continue
+        # x_k = sqrt(abar) x0 + sqrt(1 - abar) eps, normalised: the residual has std sqrt(1 - abar) / std
+        k = int(steps[b])
+        residual = out[b] * bank.std[0] + bank.mean[0] - abar[k].sqrt() * images01[b]
+        assert residual.std().item() == pytest.approx((1 - abar[k]).sqrt().item(), rel=0.1, abs=2e-3)
+    torch.testing.assert_close(NoiseAugment(0.0).apply(images01, 5, bank), clean, rtol=0, atol=0)
+    with pytest.raises(ValueError):
+        NoiseAugment(1.5)
 
 
 def test_sft_learns_and_resume_is_exact(tiny_coco, tiny_llava_factory, tmp_path):
