@@ -6,6 +6,8 @@ Per micro-batch of B records (prompt + image, chosen y+, k rejected y-):
 * stage 2 only: each image is noised (``vlm_kernels.diffusion_noise``, per record, seeded by
   ``(seed, epoch, record)``), then one no-grad packed forward of ``[P | y+]`` per model gives the
   argmax tokens a_t under the noised image (``vlm_kernels.linear_argmax``, no (N, V) logits);
+  with ``noise_positions="seen"`` one more such forward on the clean image keeps a_t only where
+  the clean-image argmax is the y+ token (elsewhere a_t := y+_t, so the position cancels);
 * one packed forward ``[P | y+ | y-_1 .. y-_k]`` for the policy (with grad) and one for the
   reference (no grad) score every response, plus, stage 2, the argmax tokens at the y+ positions
   (a second target column of the same ``linear_logprob`` call);
