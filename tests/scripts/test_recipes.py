@@ -16,10 +16,10 @@ def _run(script, *args, cwd):
 
 
 def test_train_dpo_embedded_default_end_to_end(tmp_path):
-    out = _run("train_dpo.py", "--data", "d/scenes", "--base-out", "d/base", "--out", "d/povid",
-               "--scene-train-images", "40", "--scene-heldout-images", "30", "--base-cycles", "6:1e-3:40",
-               "--stage1-steps", "2", "--stage2-steps", "2", "--batch-size", "4", "--lora-r", "4",
-               "--lora-alpha", "8", "--eval-images", "12", "--control", cwd=tmp_path)
+    common = ["--data", "d/scenes", "--base-out", "d/base", "--out", "d/povid", "--scene-train-images", "40",
+              "--scene-heldout-images", "30", "--base-cycles", "6:1e-3:40", "--stage1-steps", "2",
+              "--stage2-steps", "2", "--batch-size", "4", "--lora-r", "4", "--lora-alpha", "8"]
+    out = _run("train_dpo.py", *common, "--eval-images", "12", "--control", cwd=tmp_path)
     assert "| base |" in out and "| stage1 |" in out and "| stage2 |" in out and "| sft-control |" in out
     d = tmp_path / "d"
     for name in ("base", "povid/stage1", "povid/stage2", "povid/sft_control"):
@@ -32,10 +32,14 @@ def test_train_dpo_embedded_default_end_to_end(tmp_path):
     assert (d / "povid" / "pairs.jsonl").read_text().count("\n") > 10
 
     # --resume reuses every finished stage: nothing is retrained, the table comes back
-    again = _run("train_dpo.py", "--data", "d/scenes", "--base-out", "d/base", "--out", "d/povid",
-                 "--stage1-steps", "2", "--stage2-steps", "2", "--batch-size", "4", "--lora-r", "4",
-                 "--lora-alpha", "8", "--eval-images", "0", "--resume", cwd=tmp_path)
+    again = _run("train_dpo.py", *common, "--eval-images", "0", "--resume", cwd=tmp_path)
     assert "stage2" in again
+
+    # the base in d/base was made by the 6-step recipe: asking for another one there is refused
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_dpo.py"), "--data", "d/scenes", "--base-out",
+                           "d/base", "--out", "d/other", "--eval-images", "0"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode != 0 and "another recipe" in proc.stderr
 
 
 def test_train_dpo_help_names_every_option(tmp_path):
