@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from transformers import LlavaForConditionalGeneration
 from transformers.models.llava.modeling_llava import LlavaModel
+from vlm_kernels.linear_argmax import linear_argmax
 from vlm_kernels.linear_logprob import linear_logprob
 
 from halluremedy.models import attention
@@ -260,18 +261,26 @@ class ResponseLogprobs:
         return self.summed / self.lengths
 
 
-def packed_response_logprobs(model: nn.Module, packed: PackedBatch, pixel_values: torch.Tensor,
-                             extra_targets: torch.Tensor | None = None, backend: Backend = "auto") -> ResponseLogprobs:
-    """Per-response summed log-probs of a packed batch; differentiable w.r.t. the model.
-
-    pixel_values: (I, C, H, W). extra_targets: optional (N,) long, a second token scored at every
-    response position (aligned with ``packed.targets``; < 0 = ignore), e.g. POVID's argmax under the
-    noised image. Only the N response-predicting rows meet the LM head, in ``vlm_kernels.linear_logprob``.
-    """
-    _, head = llava_parts(model)
-    packed = packed.to(pixel_values.device)
+def response_rows(model: nn.Module, packed: PackedBatch, pixel_values: torch.Tensor, backend: Backend = "auto"
+                  ) -> torch.Tensor:
+    """(N, D) hidden states of the rows that predict response tokens (``packed.logprob_index``), in
+    the order of ``packed.targets``; ``packed`` must be on ``pixel_values``' device."""
     hidden = packed_hidden_states(model, packed, pixel_values, backend)
-    rows = hidden.index_select(0, packed.logprob_index)                            # (N, D)
+    return hidden.index_select(0, packed.logprob_index)
+
+
+@torch.no_grad()
+def rows_argmax(model: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """(N,) the LM head's argmax token of each (N, D) row (``vlm_kernels.linear_argmax``, no (N, V) logits)."""
+    _, head = llava_parts(model)
+    return linear_argmax(rows.to(head.weight.dtype), head.weight, head.bias)
+
+
+def score_response_rows(model: nn.Module, packed: PackedBatch, rows: torch.Tensor,
+                        extra_targets: torch.Tensor | None = None) -> ResponseLogprobs:
+    """Per-response summed log-probs from :func:`response_rows`' (N, D) rows; see
+    :func:`packed_response_logprobs`."""
+    _, head = llava_parts(model)
     targets = packed.targets[:, None]                                              # (N, 1)
     if extra_targets is not None:
         if extra_targets.shape != packed.targets.shape:
@@ -284,4 +293,16 @@ def packed_response_logprobs(model: nn.Module, packed: PackedBatch, pixel_values
     if extra_targets is None:
         return ResponseLogprobs(sums[:, 0], logprobs[:, 0], lengths)
     return ResponseLogprobs(sums[:, 0], logprobs[:, 0], lengths, sums[:, 1], logprobs[:, 1])
+
+
+def packed_response_logprobs(model: nn.Module, packed: PackedBatch, pixel_values: torch.Tensor,
+                             extra_targets: torch.Tensor | None = None, backend: Backend = "auto") -> ResponseLogprobs:
+    """Per-response summed log-probs of a packed batch; differentiable w.r.t. the model.
+
+    pixel_values: (I, C, H, W). extra_targets: optional (N,) long, a second token scored at every
+    response position (aligned with ``packed.targets``; < 0 = ignore), e.g. POVID's argmax under the
+    noised image. Only the N response-predicting rows meet the LM head, in ``vlm_kernels.linear_logprob``.
+    """
+    packed = packed.to(pixel_values.device)
+    return score_response_rows(model, packed, response_rows(model, packed, pixel_values, backend), extra_targets)
 

@@ -6,8 +6,8 @@ Per micro-batch of B records (prompt + image, chosen y+, k rejected y-):
 * stage 2 only: each image is noised (``vlm_kernels.diffusion_noise``, per record, seeded by
   ``(seed, epoch, record)``), then one no-grad packed forward of ``[P | y+]`` per model gives the
   argmax tokens a_t under the noised image (``vlm_kernels.linear_argmax``, no (N, V) logits);
-  with ``noise_positions="seen"`` one more such forward on the clean image keeps a_t only where
-  the clean-image argmax is the y+ token (elsewhere a_t := y+_t, so the position cancels);
+  with ``noise_positions="seen"`` a_t is kept only where the clean-image argmax (read off the
+  scoring forward's own rows, no extra pass) is the y+ token; elsewhere a_t := y+_t and cancels;
 * one packed forward ``[P | y+ | y-_1 .. y-_k]`` for the policy (with grad) and one for the
   reference (no grad) score every response, plus, stage 2, the argmax tokens at the y+ positions
   (a second target column of the same ``linear_logprob`` call);
@@ -34,17 +34,17 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from vlm_kernels import diffusion_noise, linear_argmax
+from vlm_kernels import diffusion_noise
 
 from halluremedy.data.conversation import ConversationEncoder
 from halluremedy.data.images import ImageBank
 from halluremedy.data.preference import PreferenceRecord
 from halluremedy.models.packed import (
     PackedBatch,
-    llava_parts,
     pack_groups,
-    packed_hidden_states,
-    packed_response_logprobs,
+    response_rows,
+    rows_argmax,
+    score_response_rows,
 )
 from halluremedy.train.loop import LoopConfig, train_loop
 from halluremedy.train.losses import PairLogps, dpo_objective, nll_term, povid_stage2_loss
@@ -76,9 +76,9 @@ class PreferenceObjective:
         if self.noise_positions not in NOISE_POSITIONS:
             raise ValueError(f"noise_positions must be one of {NOISE_POSITIONS}, got {self.noise_positions!r}")
 
-    def seen_pixels(self, clean: torch.Tensor) -> torch.Tensor | None:
-        """The clean images :func:`noise_argmax` needs for ``noise_positions="seen"``, else None."""
-        return clean if self.noise_positions == "seen" else None
+    @property
+    def seen(self) -> bool:
+        return self.noise_positions == "seen"
 
 
 @dataclass(frozen=True)
@@ -170,27 +170,10 @@ def noise_seed(seed: int, epoch: int, record: int) -> int:
 
 
 @torch.no_grad()
-def noise_argmax(model: torch.nn.Module, chosen_only: PackedBatch, noised: torch.Tensor,
-                 seen: torch.Tensor | None = None) -> torch.Tensor:
-    """(N_chosen,) argmax token at every y+ position under the noised image (teacher-forced on y+).
-
-    With ``seen`` (the clean images), a position whose clean-image argmax is not the y+ token gets
-    the y+ token instead, so it cancels in the noise-triggered DPO term: only what the model names
-    correctly when it sees the image, and names otherwise under noise, is pushed down. One more
-    no-grad forward.
-    """
-    _, head = llava_parts(model)
-
-    def argmax(pixels: torch.Tensor) -> torch.Tensor:
-        hidden = packed_hidden_states(model, chosen_only, pixels)
-        rows = hidden.index_select(0, chosen_only.logprob_index.to(hidden.device))
-        return linear_argmax(rows.to(head.weight.dtype), head.weight, head.bias)
-
-    tokens = argmax(noised)
-    if seen is not None:
-        targets = chosen_only.targets.to(tokens.device)
-        tokens = torch.where(argmax(seen) == targets, tokens, targets)
-    return tokens
+def noise_argmax(model: torch.nn.Module, chosen_only: PackedBatch, noised: torch.Tensor) -> torch.Tensor:
+    """(N_chosen,) argmax token at every y+ position under the noised image (teacher-forced on y+)."""
+    packed = chosen_only.to(noised.device)
+    return rows_argmax(model, response_rows(model, packed, noised))
 
 
 class Reference:
@@ -224,20 +207,29 @@ class StepLogps:
 
 
 def score_batch(model: torch.nn.Module, batch: PreferenceBatch, clean: torch.Tensor,
-                argmax_tokens: torch.Tensor | None) -> StepLogps:
+                argmax_tokens: torch.Tensor | None, *, seen: bool = False) -> StepLogps:
+    """Every response's log-prob on the clean images, plus (``argmax_tokens``, the noised argmax at
+    the y+ positions) the noise column. ``seen``: a y+ position whose clean-image argmax, read off
+    this same forward's rows, is not the y+ token scores the y+ token instead, so it cancels."""
+    scored = batch.scored.to(clean.device)
+    rows = response_rows(model, scored, clean)
     extra = None
     if argmax_tokens is not None:
-        extra = torch.full_like(batch.scored.targets, -1)
-        extra[batch.chosen_tokens] = argmax_tokens.to(extra.device)
-    out = packed_response_logprobs(model, batch.scored, clean, extra_targets=extra)
+        extra = torch.full_like(scored.targets, -1)
+        chosen = batch.chosen_tokens.to(clean.device)
+        extra[chosen] = argmax_tokens.to(extra.device)
+        if seen:
+            truth = scored.targets[chosen]
+            extra[chosen] = torch.where(rows_argmax(model, rows[chosen].detach()) == truth, extra[chosen], truth)
+    out = score_response_rows(model, scored, rows, extra_targets=extra)
     return StepLogps(out.summed, out.lengths.to(out.summed.device), out.extra_summed)
 
 
 def reference_logps(policy: torch.nn.Module, reference: Reference, batch: PreferenceBatch, clean: torch.Tensor,
-                    noised: torch.Tensor | None, seen: torch.Tensor | None = None) -> StepLogps:
+                    noised: torch.Tensor | None, *, seen: bool = False) -> StepLogps:
     with torch.no_grad(), reference.scope(policy) as ref:
-        argmax = noise_argmax(ref, batch.chosen_only, noised, seen) if noised is not None else None
-        return score_batch(ref, batch, clean, argmax)
+        argmax = noise_argmax(ref, batch.chosen_only, noised) if noised is not None else None
+        return score_batch(ref, batch, clean, argmax, seen=seen)
 
 
 def preference_loss(objective: PreferenceObjective, batch: PreferenceBatch, pol: StepLogps, ref: StepLogps
@@ -292,8 +284,9 @@ def precompute_reference(model: torch.nn.Module, batches: PreferenceBatches, obj
             for epoch in range(noise.shape[0]):
                 keys = [noise_seed(seed, epoch, r) for r in rows]
                 noised = noised_pixels(batches.bank, images01, keys, objective.noise_step).to(model.dtype)
-                argmax = noise_argmax(model, batch.chosen_only, noised, objective.seen_pixels(clean))
-                noise[epoch, rows] = score_batch(model, batch, clean, argmax).noise[batch.chosen_index].cpu()
+                argmax = noise_argmax(model, batch.chosen_only, noised)
+                noise[epoch, rows] = score_batch(model, batch, clean, argmax,
+                                                 seen=objective.seen).noise[batch.chosen_index].cpu()
     meta = {"seed": str(seed), "stage": str(objective.stage), "records": str(n), "epochs": str(epochs),
             "noise_step": str(objective.noise_step), "noise_positions": objective.noise_positions}
     tensors = {"chosen": chosen, "rejected": rejected, "noise": noise}
@@ -342,10 +335,9 @@ def train_preference(policy: torch.nn.Module, batches: PreferenceBatches, object
         if reference.mode == "precomputed":
             ref = cached_reference(reference.cache, batch, epoch, batch.scored.num_responses)
         else:
-            ref = reference_logps(policy, reference, batch, clean, noised, objective.seen_pixels(clean))
-        argmax = noise_argmax(policy, batch.chosen_only, noised, objective.seen_pixels(clean)) \
-            if noised is not None else None
-        pol = score_batch(policy, batch, clean, argmax)
+            ref = reference_logps(policy, reference, batch, clean, noised, seen=objective.seen)
+        argmax = noise_argmax(policy, batch.chosen_only, noised) if noised is not None else None
+        pol = score_batch(policy, batch, clean, argmax, seen=objective.seen)
         loss, metrics = preference_loss(objective, batch, pol, ref)
         metrics["batch"] = f"micro-batch {index}, records {batch.records}"
         return loss, metrics

@@ -68,35 +68,39 @@ def test_scores_and_noise_argmax_match_full_logit_transcription(setup):
     noised = noised_pixels(bank, images01, [noise_seed(0, 0, r) for r in batch.records], 500)
     with torch.no_grad():
         argmax = noise_argmax(model, batch.chosen_only, noised)
-        seen = noise_argmax(model, batch.chosen_only, noised, clean)
         got = score_batch(model, batch, clean, argmax)
+        shifted = (argmax + 1) % model.lm_head.out_features  # a noise column unlike the argmax, to see the gate act
+        seen = score_batch(model, batch, clean, shifted, seen=True)
         records = [all_records[r] for r in batch.records]
-        offset, kept = 0, 0
+        offset, kept, flipped = 0, 0, 0
         for b, rec in enumerate(records):
             logp_noised, resp = _full_logprobs(model, encoder, bank, rec, rec.chosen, noised[b:b + 1])
             a = logp_noised.argmax(-1)
             assert torch.equal(argmax[offset:offset + len(resp)], a)
-            # noise_positions="seen": the noised argmax where the clean argmax is y+, y+ elsewhere
-            known = _full_logprobs(model, encoder, bank, rec, rec.chosen, clean[b:b + 1])[0].argmax(-1) == resp
-            assert torch.equal(seen[offset:offset + len(resp)], torch.where(known, a, resp))
-            kept += int(known.sum())
             offset += len(resp)
             logp, resp = _full_logprobs(model, encoder, bank, rec, rec.chosen, clean[b:b + 1])
             c = int(batch.chosen_index[b])
+            # noise_positions="seen": the noised argmax scored where the clean argmax is y+, y+ elsewhere
+            known = logp.argmax(-1) == resp
+            kept += int(known.sum())
+            gated = torch.where(known, shifted[offset - len(resp):offset], resp)
+            flipped += int((gated != resp).sum())
+            assert seen.noise[c].item() == pytest.approx(logp.gather(1, gated[:, None]).sum().item(), abs=1e-4)
+            assert seen.summed[c].item() == pytest.approx(got.summed[c].item(), abs=1e-6)
             assert got.summed[c].item() == pytest.approx(logp.gather(1, resp[:, None]).sum().item(), abs=1e-4)
             assert got.noise[c].item() == pytest.approx(logp.gather(1, a[:, None]).sum().item(), abs=1e-4)
             for j, rej in enumerate(rec.rejected):
                 logp_r, resp_r = _full_logprobs(model, encoder, bank, rec, rej, clean[b:b + 1])
                 assert got.summed[c + 1 + j].item() == pytest.approx(logp_r.gather(1, resp_r[:, None]).sum().item(),
                                                                      abs=1e-4)
-    assert 0 < kept < offset  # both branches of the "seen" rule are exercised
+    assert 0 < kept < offset and flipped  # both branches of the "seen" rule are exercised
 
 
-@pytest.mark.parametrize("stage", [1, 2])
-def test_lora_at_init_gives_log2_and_cache_matches_live_reference(setup, stage, tmp_path):
+@pytest.mark.parametrize(("stage", "positions"), [(1, "all"), (2, "all"), (2, "seen")])
+def test_lora_at_init_gives_log2_and_cache_matches_live_reference(setup, stage, positions, tmp_path):
     model, _, _, batches = setup
     policy = add_lora(model, r=4, alpha=8, dropout=0.0)
-    objective = PreferenceObjective(stage=stage, beta=0.1)
+    objective = PreferenceObjective(stage=stage, beta=0.1, noise_positions=positions)
     reference = Reference("adapter")
     batch = batches.batch(1)
     images01 = batches.bank.get01(batch.files)
@@ -104,9 +108,9 @@ def test_lora_at_init_gives_log2_and_cache_matches_live_reference(setup, stage, 
     noised = None
     if stage == 2:
         noised = noised_pixels(batches.bank, images01, [noise_seed(7, 0, r) for r in batch.records], 500)
-    ref = reference_logps(policy, reference, batch, clean, noised)
+    ref = reference_logps(policy, reference, batch, clean, noised, seen=objective.seen)
     argmax = noise_argmax(policy, batch.chosen_only, noised) if noised is not None else None
-    pol = score_batch(policy, batch, clean, argmax)
+    pol = score_batch(policy, batch, clean, argmax, seen=objective.seen)
     loss, metrics = preference_loss(objective, batch, pol, ref)
     # LoRA B = 0: policy == reference, every margin is 0, each sigmoid DPO term is log 2
     assert loss.item() == pytest.approx(math.log(2), abs=1e-5)
