@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -176,10 +176,8 @@ def ensure_base_model(data_root: str | os.PathLike, out_dir: str | os.PathLike, 
     no record) is refused rather than silently reused.
     """
     out, path = Path(out_dir), Path(out_dir) / "model"
-    recipe = {"cycles": format_cycles(spec.cycles), "batch_size": spec.batch_size, "warmup_ratio": spec.warmup_ratio,
-              "weight_decay": spec.weight_decay, "seed": spec.seed, "questions_per_image": spec.questions_per_image,
-              "noise_max_step": spec.noise_max_step,
-              "scene_seed": data.train_seed, "caption_noise": data.caption_noise, "image_size": data.image_size}
+    recipe = {**asdict(spec), "cycles": format_cycles(spec.cycles), "scene_seed": data.train_seed,
+              "caption_noise": data.caption_noise, "image_size": data.image_size}
     record = out / "base_recipe.json"
     if (path / "config.json").exists():
         found = json.loads(record.read_text()) if record.exists() else None

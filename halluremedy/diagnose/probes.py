@@ -226,17 +226,23 @@ def run_probes(model, processor, dataset: CocoDataset, cfg: ProbeConfig = ProbeC
 
 # --- analysis ------------------------------------------------------------------------------------
 
+def _words_before(tokens: Sequence[str], index: int, words: Mapping[str, str]) -> list[str]:
+    """The run of ``words`` right in front of ``tokens[index]``, nearest first ("a small red disc":
+    red, small)."""
+    found = []
+    for token in reversed(tokens[:index]):
+        if token not in words:
+            break
+        found.append(token)
+    return found
+
+
 def stated_attributes(caption: str, vocab: ObjectVocabulary, words: Mapping[str, str]) -> list[tuple[str, str, str]]:
     """``(category, attribute, value)`` for each attribute word right in front of an object mention
     ("a small red disc" -> (circle, size, small), (circle, color, red)). ``words``: value -> attribute."""
     tokens = tokenize(caption)
-    out = []
-    for m in vocab.extract_mentions(caption):
-        j = m.token_index - 1
-        while j >= 0 and tokens[j] in words:
-            out.append((m.category, words[tokens[j]], tokens[j]))
-            j -= 1
-    return out
+    return [(m.category, words[w], w) for m in vocab.extract_mentions(caption)
+            for w in _words_before(tokens, m.token_index, words)]
 
 
 def stated_counts(caption: str, vocab: ObjectVocabulary, attribute_words: Mapping[str, str]) -> Counter[str]:
@@ -245,9 +251,7 @@ def stated_counts(caption: str, vocab: ObjectVocabulary, attribute_words: Mappin
     tokens = tokenize(caption)
     counts: Counter[str] = Counter()
     for m in vocab.extract_mentions(caption):
-        j = m.token_index - 1
-        while j >= 0 and tokens[j] in attribute_words:
-            j -= 1
+        j = m.token_index - 1 - len(_words_before(tokens, m.token_index, attribute_words))
         counts[m.category] += _COUNT_WORDS.get(tokens[j], 1) if j >= 0 else 1
     return counts
 
@@ -337,10 +341,7 @@ def misnamed_objects(caption: str, image: TruthImage, vocab: ObjectVocabulary, w
         if m.category in image.classes:
             continue
         hallucinated += 1
-        described, j = {}, m.token_index - 1
-        while j >= 0 and tokens[j] in words:
-            described[words[tokens[j]]] = tokens[j]
-            j -= 1
+        described = {words[w]: w for w in _words_before(tokens, m.token_index, words)}
         if not described:
             continue
         fits = {o.category for o in image.objects if o.category != m.category

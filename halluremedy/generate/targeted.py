@@ -34,7 +34,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from dataclasses import replace as dataclass_replace
 from pathlib import Path
 from typing import Literal
 
@@ -56,8 +55,8 @@ from halluremedy.generate.injector import (
 from halluremedy.generate.pairs import caption_prompt_by_index
 from halluremedy.prompts import POPE_SUFFIX, pope_question
 
-__all__ = ["PAIR_EDITS", "QUESTION_KINDS", "PairEdit", "RELATION_PHRASES", "GroundedQuestion", "InstructionMix", "QuestionKind",
-           "TargetWeights", "instruction_conversations", "reference_phrase", "sample_questions",
+__all__ = ["PAIR_EDITS", "QUESTION_KINDS", "RELATION_PHRASES", "GroundedQuestion", "InstructionMix", "PairEdit",
+           "QuestionKind", "TargetWeights", "instruction_conversations", "reference_phrase", "sample_questions",
            "targeted_preference_pairs", "write_instructions"]
 
 QuestionKind = Literal["existence_absent", "existence_present", "attribute", "relation", "caption"]
@@ -218,10 +217,13 @@ def reference_phrase(image: CocoImage, o: CocoObject) -> str | None:
 
 
 class _Sampler:
-    """Draws grounded questions of each kind; every draw may fail (None) and is retried."""
+    """Draws grounded questions of each kind; every draw may fail (None) and is retried.
+
+    ``pairs``: the (present a, absent b) table negatives and captions aim at; ``weights.triggers``
+    unless given."""
 
     def __init__(self, dataset: CocoDataset, weights: TargetWeights, mix: InstructionMix, margin: float,
-                 vocab: ObjectVocabulary):
+                 vocab: ObjectVocabulary, pairs: dict[tuple[str, str], float] | None = None):
         self.images = dataset.images
         self.categories = list(dataset.categories)
         self.weights, self.mix, self.margin, self.vocab = weights, mix, margin, vocab
@@ -230,8 +232,9 @@ class _Sampler:
                               for c in self.categories}
         self.class_keys = [c for c in self.categories if c in weights.classes]
         self.class_p = np.array([weights.classes[c] for c in self.class_keys])
-        self.trigger_keys = [t for t in weights.triggers if t[0] in self.with_class and t[1] in self.with_class]
-        self.trigger_p = np.array([weights.triggers[t] for t in self.trigger_keys])
+        pairs = weights.triggers if pairs is None else pairs
+        self.trigger_keys = [t for t in pairs if t[0] in self.with_class and t[1] in self.with_class]
+        self.trigger_p = np.array([pairs[t] for t in self.trigger_keys])
         self.values = {a: sorted({o.attributes[a] for im in self.images for o in im.objects if a in o.attributes})
                        for a in _ATTRIBUTES}
         self._pair_images: dict[tuple[str, str], list[int]] = {}
@@ -369,8 +372,7 @@ def targeted_preference_pairs(dataset: CocoDataset, weights: TargetWeights, n: i
     editor = RuleBasedEditor(vocab, weights.cooccurrence(dataset.categories, floor, table=table), surface_words=surface,
                              lexicon=EditLexicon.for_dataset(dataset),
                              cooccur_modes=("replace",) if edit == "rename" else ("add",))
-    aim = dataclass_replace(weights, triggers=weights.misnamings or weights.triggers) if edit == "rename" else weights
-    sampler = _Sampler(dataset, aim, mix, 0.15, vocab)
+    sampler = _Sampler(dataset, weights, mix, 0.15, vocab, pairs=getattr(weights, table) or weights.triggers)
     rng = np.random.default_rng(seed)
     records = []
     for i in range(n):
