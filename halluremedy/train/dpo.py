@@ -6,8 +6,9 @@ Per micro-batch of B records (prompt + image, chosen y+, k rejected y-):
 * stage 2 only: each image is noised (``vlm_kernels.diffusion_noise``, per record, seeded by
   ``(seed, epoch, record)``), then one no-grad packed forward of ``[P | y+]`` per model gives the
   argmax tokens a_t under the noised image (``vlm_kernels.linear_argmax``, no (N, V) logits);
-  with ``noise_positions="seen"`` a_t is kept only where the clean-image argmax (read off the
-  scoring forward's own rows, no extra pass) is the y+ token; elsewhere a_t := y+_t and cancels;
+  ``noise_positions`` may keep a_t at only some positions (elsewhere a_t := y+_t, so they cancel):
+  "seen", where the clean-image argmax (read off the scoring forward's own rows, no extra pass) is
+  the y+ token; "novel", where a_t is a token the ground truth y+ does not contain anywhere;
 * one packed forward ``[P | y+ | y-_1 .. y-_k]`` for the policy (with grad) and one for the
   reference (no grad) score every response, plus, stage 2, the argmax tokens at the y+ positions
   (a second target column of the same ``linear_logprob`` call);
@@ -51,7 +52,7 @@ from halluremedy.train.losses import PairLogps, dpo_objective, nll_term, povid_s
 from halluremedy.train.sft import EpochSampler
 
 ReferenceMode = Literal["adapter", "copy", "precomputed"]
-NOISE_POSITIONS = ("all", "seen")
+NOISE_POSITIONS = ("all", "seen", "novel")
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,10 @@ class PreferenceObjective:
     noise_step: int = 500
     weight_text: float = 0.5
     weight_noise: float = 0.5
-    # "all": POVID, every y+ position scores its noised argmax. "seen": only positions where the
-    # model's clean-image argmax is the y+ token (elsewhere a_t := y+_t, so the position cancels).
+    # "all": POVID, every y+ position scores its noised argmax a_t. Elsewhere a_t := y+_t, so the
+    # position cancels. "seen": only positions where the model's clean-image argmax is the y+ token.
+    # "novel": only positions whose a_t occurs nowhere in y+ (a word the ground truth never says,
+    # not a reordering of what it does say, nor its stop).
     noise_positions: str = "all"
 
     def __post_init__(self) -> None:
@@ -75,10 +78,6 @@ class PreferenceObjective:
             raise ValueError(f"stage must be 1 or 2, got {self.stage}")
         if self.noise_positions not in NOISE_POSITIONS:
             raise ValueError(f"noise_positions must be one of {NOISE_POSITIONS}, got {self.noise_positions!r}")
-
-    @property
-    def seen(self) -> bool:
-        return self.noise_positions == "seen"
 
 
 @dataclass(frozen=True)
@@ -207,29 +206,41 @@ class StepLogps:
 
 
 def score_batch(model: torch.nn.Module, batch: PreferenceBatch, clean: torch.Tensor,
-                argmax_tokens: torch.Tensor | None, *, seen: bool = False) -> StepLogps:
+                argmax_tokens: torch.Tensor | None, *, positions: str = "all") -> StepLogps:
     """Every response's log-prob on the clean images, plus (``argmax_tokens``, the noised argmax at
-    the y+ positions) the noise column. ``seen``: a y+ position whose clean-image argmax, read off
-    this same forward's rows, is not the y+ token scores the y+ token instead, so it cancels."""
+    the y+ positions) the noise column. ``positions`` (see ``PreferenceObjective.noise_positions``):
+    a y+ position it does not keep scores the y+ token instead, so it cancels; "seen" reads the
+    clean-image argmax off this same forward's rows."""
     scored = batch.scored.to(clean.device)
     rows = response_rows(model, scored, clean)
     extra = None
     if argmax_tokens is not None:
         extra = torch.full_like(scored.targets, -1)
         chosen = batch.chosen_tokens.to(clean.device)
-        extra[chosen] = argmax_tokens.to(extra.device)
-        if seen:
-            truth = scored.targets[chosen]
-            extra[chosen] = torch.where(rows_argmax(model, rows[chosen].detach()) == truth, extra[chosen], truth)
+        truth, argmax_tokens = scored.targets[chosen], argmax_tokens.to(extra.device)
+        if positions == "seen":
+            keep = rows_argmax(model, rows[chosen].detach()) == truth
+        elif positions == "novel":
+            keep = ~occurs_in_response(argmax_tokens, truth, scored.token_response[chosen])
+        else:
+            keep = torch.ones_like(truth, dtype=torch.bool)
+        extra[chosen] = torch.where(keep, argmax_tokens, truth)
     out = score_response_rows(model, scored, rows, extra_targets=extra)
     return StepLogps(out.summed, out.lengths.to(out.summed.device), out.extra_summed)
 
 
+def occurs_in_response(tokens: torch.Tensor, truth: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: ``tokens[i]`` is one of the ``truth`` tokens of its own response ``response[i]``
+    (all three (N,), the responses' tokens in order)."""
+    width = int(torch.maximum(tokens.max(), truth.max())) + 1
+    return torch.isin(response * width + tokens, response * width + truth)
+
+
 def reference_logps(policy: torch.nn.Module, reference: Reference, batch: PreferenceBatch, clean: torch.Tensor,
-                    noised: torch.Tensor | None, *, seen: bool = False) -> StepLogps:
+                    noised: torch.Tensor | None, *, positions: str = "all") -> StepLogps:
     with torch.no_grad(), reference.scope(policy) as ref:
         argmax = noise_argmax(ref, batch.chosen_only, noised) if noised is not None else None
-        return score_batch(ref, batch, clean, argmax, seen=seen)
+        return score_batch(ref, batch, clean, argmax, positions=positions)
 
 
 def preference_loss(objective: PreferenceObjective, batch: PreferenceBatch, pol: StepLogps, ref: StepLogps
@@ -286,7 +297,7 @@ def precompute_reference(model: torch.nn.Module, batches: PreferenceBatches, obj
                 noised = noised_pixels(batches.bank, images01, keys, objective.noise_step).to(model.dtype)
                 argmax = noise_argmax(model, batch.chosen_only, noised)
                 noise[epoch, rows] = score_batch(model, batch, clean, argmax,
-                                                 seen=objective.seen).noise[batch.chosen_index].cpu()
+                                                 positions=objective.noise_positions).noise[batch.chosen_index].cpu()
     meta = {"seed": str(seed), "stage": str(objective.stage), "records": str(n), "epochs": str(epochs),
             "noise_step": str(objective.noise_step), "noise_positions": objective.noise_positions}
     tensors = {"chosen": chosen, "rejected": rejected, "noise": noise}
@@ -335,9 +346,9 @@ def train_preference(policy: torch.nn.Module, batches: PreferenceBatches, object
         if reference.mode == "precomputed":
             ref = cached_reference(reference.cache, batch, epoch, batch.scored.num_responses)
         else:
-            ref = reference_logps(policy, reference, batch, clean, noised, seen=objective.seen)
+            ref = reference_logps(policy, reference, batch, clean, noised, positions=objective.noise_positions)
         argmax = noise_argmax(policy, batch.chosen_only, noised) if noised is not None else None
-        pol = score_batch(policy, batch, clean, argmax, seen=objective.seen)
+        pol = score_batch(policy, batch, clean, argmax, positions=objective.noise_positions)
         loss, metrics = preference_loss(objective, batch, pol, ref)
         metrics["batch"] = f"micro-batch {index}, records {batch.records}"
         return loss, metrics

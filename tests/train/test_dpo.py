@@ -70,9 +70,12 @@ def test_scores_and_noise_argmax_match_full_logit_transcription(setup):
         argmax = noise_argmax(model, batch.chosen_only, noised)
         got = score_batch(model, batch, clean, argmax)
         shifted = (argmax + 1) % model.lm_head.out_features  # a noise column unlike the argmax, to see the gate act
-        seen = score_batch(model, batch, clean, shifted, seen=True)
+        seen = score_batch(model, batch, clean, shifted, positions="seen")
+        # half the column words y+ says elsewhere (its own tokens shifted by one), half words it never says
+        mixed = torch.where(torch.arange(len(shifted)) % 2 == 0, shifted, batch.chosen_only.targets.roll(1))
+        novel = score_batch(model, batch, clean, mixed, positions="novel")
         records = [all_records[r] for r in batch.records]
-        offset, kept, flipped = 0, 0, 0
+        offset, kept, flipped, novel_kept = 0, 0, 0, 0
         for b, rec in enumerate(records):
             logp_noised, resp = _full_logprobs(model, encoder, bank, rec, rec.chosen, noised[b:b + 1])
             a = logp_noised.argmax(-1)
@@ -87,6 +90,12 @@ def test_scores_and_noise_argmax_match_full_logit_transcription(setup):
             flipped += int((gated != resp).sum())
             assert seen.noise[c].item() == pytest.approx(logp.gather(1, gated[:, None]).sum().item(), abs=1e-4)
             assert seen.summed[c].item() == pytest.approx(got.summed[c].item(), abs=1e-6)
+            # noise_positions="novel": the noised-column token scored where y+ never contains it, y+ elsewhere
+            a_shift = mixed[offset - len(resp):offset]
+            fresh = torch.tensor([int(t) not in set(resp.tolist()) for t in a_shift])
+            novel_kept += int(fresh.sum())
+            kept_novel = torch.where(fresh, a_shift, resp)
+            assert novel.noise[c].item() == pytest.approx(logp.gather(1, kept_novel[:, None]).sum().item(), abs=1e-4)
             assert got.summed[c].item() == pytest.approx(logp.gather(1, resp[:, None]).sum().item(), abs=1e-4)
             assert got.noise[c].item() == pytest.approx(logp.gather(1, a[:, None]).sum().item(), abs=1e-4)
             for j, rej in enumerate(rec.rejected):
@@ -94,9 +103,10 @@ def test_scores_and_noise_argmax_match_full_logit_transcription(setup):
                 assert got.summed[c + 1 + j].item() == pytest.approx(logp_r.gather(1, resp_r[:, None]).sum().item(),
                                                                      abs=1e-4)
     assert 0 < kept < offset and flipped  # both branches of the "seen" rule are exercised
+    assert 0 < novel_kept < offset  # and of the "novel" rule
 
 
-@pytest.mark.parametrize(("stage", "positions"), [(1, "all"), (2, "all"), (2, "seen")])
+@pytest.mark.parametrize(("stage", "positions"), [(1, "all"), (2, "all"), (2, "seen"), (2, "novel")])
 def test_lora_at_init_gives_log2_and_cache_matches_live_reference(setup, stage, positions, tmp_path):
     model, _, _, batches = setup
     policy = add_lora(model, r=4, alpha=8, dropout=0.0)
@@ -108,9 +118,9 @@ def test_lora_at_init_gives_log2_and_cache_matches_live_reference(setup, stage, 
     noised = None
     if stage == 2:
         noised = noised_pixels(batches.bank, images01, [noise_seed(7, 0, r) for r in batch.records], 500)
-    ref = reference_logps(policy, reference, batch, clean, noised, seen=objective.seen)
+    ref = reference_logps(policy, reference, batch, clean, noised, positions=objective.noise_positions)
     argmax = noise_argmax(policy, batch.chosen_only, noised) if noised is not None else None
-    pol = score_batch(policy, batch, clean, argmax, seen=objective.seen)
+    pol = score_batch(policy, batch, clean, argmax, positions=objective.noise_positions)
     loss, metrics = preference_loss(objective, batch, pol, ref)
     # LoRA B = 0: policy == reference, every margin is 0, each sigmoid DPO term is log 2
     assert loss.item() == pytest.approx(math.log(2), abs=1e-5)
