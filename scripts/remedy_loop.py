@@ -3,7 +3,10 @@
 1. Diagnose the base model on a diagnosis split (never the held-out split): detailed captions,
    short captions, existence and attribute probes against the annotations -> per-class FP/FN
    rates, attribute confusions, trigger pairs (``OUT/diagnosis/base/``: JSON, report.md, PNG).
-2. Generate, per seed, equal-sized data for each arm from the training split's annotations:
+2. Generate, per seed, equal-sized data for each arm from the training split's annotations (or,
+   ``--fresh-scenes N``, from N new scene-world images rendered per arm, their classes drawn by
+   the arm's weights: DFTG's "generate images of the diagnosed concepts"; same scene seed and
+   count for both arms, so only the class mix differs):
 
    ============== =====================================================================
    targeted-sft   yes/no existence, attribute, relation questions + faithful captions,
@@ -47,7 +50,7 @@ from halluremedy.data.reflective import (
     scene_reflective_records,
     write_reflective,
 )
-from halluremedy.data.scenes import SceneConfig, make_dataset
+from halluremedy.data.scenes import CLASSES, SceneConfig, make_dataset
 from halluremedy.diagnose import (
     Diagnosis,
     ProbeConfig,
@@ -112,6 +115,8 @@ class RemedyConfig:
     lora_alpha: int = option(32, "LoRA alpha")
     focus: float = option(1.0, "targeted class weights: (diagnosed hallucination rate + 0.02) ** FOCUS")
     reflective_weights: str = option("targeted", "questions of the reflective arms: targeted | uniform")
+    fresh_scenes: int = option(0, "scene world only: draw each arm's data from this many newly rendered scenes whose "
+                                  "classes follow the arm's weights (0: from the training split)")
     eval_images: int = option(200, "held-out images for CHAIR and for POPE")
     rediagnose: bool = option(True, "re-diagnose every trained arm on the diagnosis split")
     device: str = option("cpu", "cpu | cuda")
@@ -163,19 +168,35 @@ def evaluated(model_dir: Path, heldout: CocoDataset, eval_cfg: EvalConfig, path:
     return row
 
 
-def arm_data(arm: str, train: CocoDataset, weights: dict[str, TargetWeights], cfg: RemedyConfig, seed: int,
+def arm_weights(arm: str, cfg: RemedyConfig) -> str:
+    """The key of the weights an arm's data is drawn with."""
+    return arm.split("-")[0] if arm.endswith(("-sft", "-dpo")) else cfg.reflective_weights
+
+
+FRESH_SCENE_SEED = 100  # + the run seed; the default splits use scene seeds 1-3
+
+
+def fresh_scenes(root: Path, weights: TargetWeights, n: int, seed: int, image_size: int) -> CocoDataset:
+    """``n`` new clean scene-world images whose classes follow ``weights.scene_class_weights``,
+    written as split ``fresh_{weights.name}`` under ``root``; regenerated every call (seconds)."""
+    cfg = SceneConfig(image_size=image_size, class_weights=weights.scene_class_weights(CLASSES))
+    return make_dataset(root, f"fresh_{weights.name}", n, FRESH_SCENE_SEED + seed, cfg, progress=False)
+
+
+def arm_data(arm: str, train: CocoDataset, weights: TargetWeights, cfg: RemedyConfig, seed: int,
              out: Path) -> tuple[str, list]:
-    """("sft", conversations) or ("dpo", preference records) for one arm; also written to ``out``."""
+    """("sft", conversations) or ("dpo", preference records) for one arm, drawn from ``train`` with
+    ``weights``; also written to ``out``."""
     n = cfg.records
     if arm.endswith("-sft"):
-        conversations = instruction_conversations(sample_questions(train, weights[arm.split("-")[0]], n, seed=seed))
+        conversations = instruction_conversations(sample_questions(train, weights, n, seed=seed))
         write_instructions(out / "data.jsonl", conversations)
         return "sft", conversations
     if arm.endswith("-dpo"):
-        records = targeted_preference_pairs(train, weights[arm.split("-")[0]], n, seed=seed, edit=cfg.dpo_edit)
+        records = targeted_preference_pairs(train, weights, n, seed=seed, edit=cfg.dpo_edit)
         write_preferences(out / "pairs.jsonl", records)
         return "dpo", records
-    records = scene_reflective_records(train, n, seed=seed, weights=weights[cfg.reflective_weights])
+    records = scene_reflective_records(train, n, seed=seed, weights=weights)
     write_reflective(out / "reflective.jsonl", records)
     conversations = reflective_conversations(records, REFLECTIVE_LAYOUTS[arm])
     write_instructions(out / "data.jsonl", conversations)
@@ -191,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--dpo-edit must be one of {PAIR_EDITS}, got {cfg.dpo_edit!r}")
     if cfg.reflective_weights not in ("targeted", "uniform"):
         raise SystemExit(f"--reflective-weights must be targeted or uniform, got {cfg.reflective_weights!r}")
+    if cfg.fresh_scenes < 0:
+        raise SystemExit(f"--fresh-scenes must be >= 0, got {cfg.fresh_scenes}")
     out = Path(cfg.out)
 
     # data, base model, diagnosis split
@@ -205,6 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     else:
         diag = make_dataset(diag_root, cfg.diag_split, cfg.diag_images, cfg.diag_scene_seed,
                             SceneConfig(image_size=SceneDataSpec.image_size))
+    if cfg.fresh_scenes and (unknown := sorted(set(train.categories) - set(CLASSES))):
+        raise SystemExit(f"--fresh-scenes renders scene-world images, but {train.root}:{train.split} has other "
+                         f"classes {unknown[:5]}")
     if diag_root.resolve() == Path(cfg.data).resolve() and cfg.diag_split == cfg.eval_split:
         raise SystemExit("the diagnosis split must not be the held-out split")
 
@@ -230,14 +256,19 @@ def main(argv: list[str] | None = None) -> None:
         for arm in arms:
             run_dir = out / f"seed{seed}" / arm
             run_dir.mkdir(parents=True, exist_ok=True)
-            kind, data = arm_data(arm, train, weights, cfg, seed, run_dir)
+            arm_weight = weights[arm_weights(arm, cfg)]
+            source = train
+            if cfg.fresh_scenes:
+                source = fresh_scenes(out / f"seed{seed}" / "scenes", arm_weight, cfg.fresh_scenes, seed,
+                                      train.images[0].width)
+            kind, data = arm_data(arm, source, arm_weight, cfg, seed, run_dir)
             arm_spec = replace(spec, seed=seed)
             if kind == "sft":
-                model_dir = run_conversation_sft(base_dir, data, train, run_dir, arm_spec, device=cfg.device,
+                model_dir = run_conversation_sft(base_dir, data, source, run_dir, arm_spec, device=cfg.device,
                                                  resume=cfg.resume, tag=arm)
             else:
                 objective = PreferenceObjective(stage=1, beta=cfg.beta, nll_alpha=cfg.nll_alpha)
-                model_dir = run_preference_stage(base_dir, data, train, run_dir, objective,
+                model_dir = run_preference_stage(base_dir, data, source, run_dir, objective,
                                                  replace(arm_spec, lr=cfg.dpo_lr), device=cfg.device, resume=cfg.resume)
             rows.setdefault(arm, []).append(evaluated(model_dir, heldout, eval_cfg, run_dir / "eval.json", worst, cfg))
             if cfg.rediagnose:
@@ -246,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"seed {seed} {arm}: " + ", ".join(f"{c} {rows[arm][-1][c]:.3f}" for c in COLUMNS
                                                    if c in rows[arm][-1]), flush=True)
 
-    notes = [(f"arms {arms}, seeds {seeds}: {cfg.records} records per arm and seed, {cfg.steps} steps x "
+    notes = [(f"arms {arms}, seeds {seeds}: {cfg.records} records per arm and seed"
+              f"{f' from {cfg.fresh_scenes} fresh scenes drawn by its weights' if cfg.fresh_scenes else ''}, {cfg.steps} steps x "
              f"{cfg.batch_size} samples, {f'LoRA r{cfg.lora_r}/a{cfg.lora_alpha}' if cfg.lora else 'full fine-tune'}, lr {cfg.lr:g} (DPO {cfg.dpo_lr:g}, "
              f"{cfg.dpo_edit} pairs)"),
              (f"held-out: {cfg.eval_images} images of {heldout.root}:{heldout.split}; diagnosis: {cfg.diag_images} "

@@ -130,6 +130,16 @@ class TargetWeights:
                 "values": [{"attribute": a, "category": c, "value": v, "weight": w}
                            for (a, c, v), w in self.values.items()]}
 
+    def scene_class_weights(self, categories: Sequence[str]) -> tuple[float, ...]:
+        """A weight per class for rendering fresh scenes aimed at these targets: how often the class
+        is asked about, plus how often it is the present side of a trigger or misnaming pair (the
+        images its negatives and renames need). Uniform weights give uniform classes."""
+        present = {c: 0.0 for c in categories}
+        for table in (self.triggers, self.misnamings):
+            for (a, _), w in table.items():
+                present[a] = present.get(a, 0.0) + w
+        return tuple(self.classes.get(c, 0.0) + present[c] for c in categories)
+
     def cooccurrence(self, categories: Sequence[str], floor: float = 0.05, *,
                      table: Literal["triggers", "misnamings"] = "triggers") -> CooccurrenceStats:
         """Co-occurrence "counts" a ``RuleBasedEditor`` draws its new objects from: for a present

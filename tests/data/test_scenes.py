@@ -115,6 +115,23 @@ def test_partner_cooccurrence_follows_partner_prob():
     assert all(b in s for s in always for a, b in PARTNER_PAIRS if a in s)
 
 
+def test_class_weights_shift_class_frequency_and_empty_weights_keep_the_stream():
+    uniform = scenes(300, seed=5)
+    assert uniform == scenes(300, seed=5, cfg=SceneConfig(class_weights=()))
+    favoured = ("circle", "square")
+    weights = tuple(10.0 if c in favoured else 1.0 for c in CLASSES)
+    weighted = scenes(2000, seed=5, cfg=SceneConfig(class_weights=weights))
+    drawn = [o.category for s in weighted for o in s.objects]
+    share = sum(c in favoured for c in drawn) / len(drawn)
+    # circle also arrives as arrow's partner; without partners it would be 20/28 of the draws
+    assert 0.6 < share < 0.85
+    none_of = tuple(0.0 if c == "bar" else 1.0 for c in CLASSES)
+    assert all(o.category != "bar" for s in scenes(500, cfg=SceneConfig(class_weights=none_of)) for o in s.objects)
+    for bad in ((1.0,) * (len(CLASSES) - 1), (0.0,) * len(CLASSES), (-1.0,) + (1.0,) * (len(CLASSES) - 1)):
+        with pytest.raises(ValueError, match="class_weights"):
+            SceneConfig(class_weights=bad)
+
+
 def test_clean_captions_mention_exactly_the_present_classes():
     for i, scene in enumerate(scenes(500)):
         for cap in make_captions(scene, CFG, np.random.default_rng([0, i, 1]), 4, caption_noise=0.0):

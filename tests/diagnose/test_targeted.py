@@ -48,6 +48,12 @@ def test_weights_from_a_diagnosis(fake_run):
     assert w.values[("color", "circle", "blue")] == 2  # one caption and one probe confusion
     u = TargetWeights.uniform(["a", "b", "c"])
     assert list(u.classes.values()) == pytest.approx([1 / 3] * 3) and len(u.triggers) == 6
+    assert u.scene_class_weights(["a", "b", "c"]) == pytest.approx((1.0, 1.0, 1.0))
+    # scenes for a diagnosis hold the misnamed square (present side) and the hallucinated classes
+    categories = sorted(w.classes)
+    for c, x in zip(categories, w.scene_class_weights(categories)):
+        triggering = sum(v for (a, _), v in w.triggers.items() if a == c)
+        assert x == pytest.approx(w.classes[c] + triggering + (1.0 if c == "square" else 0.0))
     with pytest.raises(ValueError, match="positive sum"):
         TargetWeights("x", {"a": 0.0}, {})
 

@@ -66,6 +66,19 @@ def test_remedy_loop_end_to_end(tmp_path):
     assert "| reflective | 1 |" in again
     assert (d / "seed0" / "reflective" / "model" / "model.safetensors").stat().st_mtime == mtime
 
+    # --fresh-scenes: each arm draws from newly rendered scenes, classes by its own weights
+    fresh = [a if a != "d/remedy" else "d/fresh" for a in common]
+    _run(*fresh, "--seeds", "0", "--arms", "targeted-sft", "untargeted-sft", "--fresh-scenes", "24", "--no-rediagnose",
+         cwd=tmp_path)
+    scenes = tmp_path / "d" / "fresh" / "seed0" / "scenes"
+    for arm, split in (("targeted-sft", "fresh_targeted"), ("untargeted-sft", "fresh_uniform")):
+        assert len(list((scenes / split).glob("*.png"))) == 24
+        records = [json.loads(line) for line in (tmp_path / "d" / "fresh" / "seed0" / arm / "data.jsonl").open()]
+        assert len(records) == 16 and all(r["image"].startswith(split + "_") for r in records)
+    weights = json.loads((tmp_path / "d" / "fresh" / "target_weights.json").read_text())
+    instances = json.loads((scenes / "annotations" / "instances_fresh_targeted.json").read_text())
+    assert weights["targeted"]["classes"] != weights["untargeted"]["classes"] and instances["annotations"]
+
 
 def test_help_names_the_protocol_options(tmp_path):
     out = _run("--help", cwd=tmp_path)

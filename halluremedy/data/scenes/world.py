@@ -71,6 +71,9 @@ class SceneConfig:
     Trigger classes must not be partners themselves, so one placement adds at most one partner; a
     trigger is only drawn while there is room for its partner, which keeps
     P(partner placed | trigger placed) = ``partner_prob`` exactly.
+
+    ``class_weights`` (one per class, or empty for uniform) makes each drawn class proportional to
+    its weight instead: the scene-world analogue of generating images of chosen concepts.
     """
 
     image_size: int = 32
@@ -86,6 +89,7 @@ class SceneConfig:
     low_contrast_strength: float = 0.3
     partners: tuple[tuple[str, str], ...] = PARTNER_PAIRS
     partner_prob: float = 0.6
+    class_weights: tuple[float, ...] = ()
     caption_styles: tuple[str, ...] = STYLES
     relation_margin: float = 0.15  # fraction of image_size two centres must differ by to be related
     gap: int = 1  # minimum free pixels between two objects' boxes
@@ -111,6 +115,9 @@ class SceneConfig:
             raise bad("partners", "every class in a pair must be in classes")
         if len(set(triggers)) != len(triggers) or partners & set(triggers) or any(a == b for a, b in self.partners):
             raise bad("partners", "each trigger needs one partner, and no partner may be a trigger")
+        if self.class_weights and (len(self.class_weights) != len(self.classes) or min(self.class_weights) < 0
+                                   or not sum(self.class_weights) > 0):
+            raise bad("class_weights", f"need one weight >= 0 per class ({len(self.classes)}), with a positive sum")
         for name in ("small_share", "low_contrast_share", "low_contrast_strength", "partner_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise bad(name, "must lie in [0, 1]")
@@ -209,11 +216,15 @@ def sample_scene(cfg: SceneConfig, rng: np.random.Generator) -> Scene:
     and non-overlapping positions. Deterministic given the generator's state."""
     partner_of = cfg.partner_of
     solo = [c for c in cfg.classes if c not in partner_of]
+    weight = dict(zip(cfg.classes, cfg.class_weights))
     target = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     categories: list[str] = []
     while len(categories) < target:
         pool = cfg.classes if cfg.max_objects - len(categories) >= 2 else solo
-        category = pool[rng.integers(len(pool))]
+        if weight and (p := np.array([weight[c] for c in pool])).sum() > 0:
+            category = pool[rng.choice(len(pool), p=p / p.sum())]
+        else:
+            category = pool[rng.integers(len(pool))]
         categories.append(category)
         if category in partner_of and rng.random() < cfg.partner_prob:
             categories.append(partner_of[category])
