@@ -9,6 +9,7 @@ Per micro-batch of B records (prompt + image, chosen y+, k rejected y-):
   ``noise_positions`` may keep a_t at only some positions (elsewhere a_t := y+_t, so they cancel):
   "seen", where the clean-image argmax (read off the scoring forward's own rows, no extra pass) is
   the y+ token; "novel", where a_t is a token the ground truth y+ does not contain anywhere;
+  "seen,novel", where both hold;
 * one packed forward ``[P | y+ | y-_1 .. y-_k]`` for the policy (with grad) and one for the
   reference (no grad) score every response, plus, stage 2, the argmax tokens at the y+ positions
   (a second target column of the same ``linear_logprob`` call);
@@ -52,7 +53,7 @@ from halluremedy.train.losses import PairLogps, dpo_objective, nll_term, povid_s
 from halluremedy.train.sft import EpochSampler
 
 ReferenceMode = Literal["adapter", "copy", "precomputed"]
-NOISE_POSITIONS = ("all", "seen", "novel")
+NOISE_POSITION_RULES = ("seen", "novel")
 
 
 @dataclass(frozen=True)
@@ -67,17 +68,24 @@ class PreferenceObjective:
     noise_step: int = 500
     weight_text: float = 0.5
     weight_noise: float = 0.5
-    # "all": POVID, every y+ position scores its noised argmax a_t. Elsewhere a_t := y+_t, so the
-    # position cancels. "seen": only positions where the model's clean-image argmax is the y+ token.
-    # "novel": only positions whose a_t occurs nowhere in y+ (a word the ground truth never says,
-    # not a reordering of what it does say, nor its stop).
+    # Which y+ positions score their noised argmax a_t (elsewhere a_t := y+_t, so the position
+    # cancels). "all": every one (POVID). Else a comma-joined subset of NOISE_POSITION_RULES, all of
+    # which must hold. "seen": the model's clean-image argmax is the y+ token. "novel": a_t occurs
+    # nowhere in y+ (a word the ground truth never says, not a reordering of what it does say,
+    # nor its stop).
     noise_positions: str = "all"
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {self.stage}")
-        if self.noise_positions not in NOISE_POSITIONS:
-            raise ValueError(f"noise_positions must be one of {NOISE_POSITIONS}, got {self.noise_positions!r}")
+        rules = self.noise_position_rules
+        if self.noise_positions != "all" and (not rules or any(r not in NOISE_POSITION_RULES for r in rules)):
+            raise ValueError(f"noise_positions must be 'all' or a comma-joined subset of {NOISE_POSITION_RULES}, "
+                             f"got {self.noise_positions!r}")
+
+    @property
+    def noise_position_rules(self) -> frozenset[str]:
+        return frozenset() if self.noise_positions == "all" else frozenset(self.noise_positions.split(","))
 
 
 @dataclass(frozen=True)
@@ -206,10 +214,10 @@ class StepLogps:
 
 
 def score_batch(model: torch.nn.Module, batch: PreferenceBatch, clean: torch.Tensor,
-                argmax_tokens: torch.Tensor | None, *, positions: str = "all") -> StepLogps:
+                argmax_tokens: torch.Tensor | None, *, rules: frozenset[str] = frozenset()) -> StepLogps:
     """Every response's log-prob on the clean images, plus (``argmax_tokens``, the noised argmax at
-    the y+ positions) the noise column. ``positions`` (see ``PreferenceObjective.noise_positions``):
-    a y+ position it does not keep scores the y+ token instead, so it cancels; "seen" reads the
+    the y+ positions) the noise column. ``rules`` (see ``PreferenceObjective.noise_positions``):
+    a y+ position where one fails scores the y+ token instead, so it cancels; "seen" reads the
     clean-image argmax off this same forward's rows."""
     scored = batch.scored.to(clean.device)
     rows = response_rows(model, scored, clean)
@@ -218,12 +226,11 @@ def score_batch(model: torch.nn.Module, batch: PreferenceBatch, clean: torch.Ten
         extra = torch.full_like(scored.targets, -1)
         chosen = batch.chosen_tokens.to(clean.device)
         truth, argmax_tokens = scored.targets[chosen], argmax_tokens.to(extra.device)
-        if positions == "seen":
-            keep = rows_argmax(model, rows[chosen].detach()) == truth
-        elif positions == "novel":
-            keep = ~occurs_in_response(argmax_tokens, truth, scored.token_response[chosen])
-        else:
-            keep = torch.ones_like(truth, dtype=torch.bool)
+        keep = torch.ones_like(truth, dtype=torch.bool)
+        if "seen" in rules:
+            keep &= rows_argmax(model, rows[chosen].detach()) == truth
+        if "novel" in rules:
+            keep &= ~occurs_in_response(argmax_tokens, truth, scored.token_response[chosen])
         extra[chosen] = torch.where(keep, argmax_tokens, truth)
     out = score_response_rows(model, scored, rows, extra_targets=extra)
     return StepLogps(out.summed, out.lengths.to(out.summed.device), out.extra_summed)
@@ -237,10 +244,10 @@ def occurs_in_response(tokens: torch.Tensor, truth: torch.Tensor, response: torc
 
 
 def reference_logps(policy: torch.nn.Module, reference: Reference, batch: PreferenceBatch, clean: torch.Tensor,
-                    noised: torch.Tensor | None, *, positions: str = "all") -> StepLogps:
+                    noised: torch.Tensor | None, *, rules: frozenset[str] = frozenset()) -> StepLogps:
     with torch.no_grad(), reference.scope(policy) as ref:
         argmax = noise_argmax(ref, batch.chosen_only, noised) if noised is not None else None
-        return score_batch(ref, batch, clean, argmax, positions=positions)
+        return score_batch(ref, batch, clean, argmax, rules=rules)
 
 
 def preference_loss(objective: PreferenceObjective, batch: PreferenceBatch, pol: StepLogps, ref: StepLogps
@@ -297,7 +304,7 @@ def precompute_reference(model: torch.nn.Module, batches: PreferenceBatches, obj
                 noised = noised_pixels(batches.bank, images01, keys, objective.noise_step).to(model.dtype)
                 argmax = noise_argmax(model, batch.chosen_only, noised)
                 noise[epoch, rows] = score_batch(model, batch, clean, argmax,
-                                                 positions=objective.noise_positions).noise[batch.chosen_index].cpu()
+                                                 rules=objective.noise_position_rules).noise[batch.chosen_index].cpu()
     meta = {"seed": str(seed), "stage": str(objective.stage), "records": str(n), "epochs": str(epochs),
             "noise_step": str(objective.noise_step), "noise_positions": objective.noise_positions}
     tensors = {"chosen": chosen, "rejected": rejected, "noise": noise}
@@ -346,9 +353,9 @@ def train_preference(policy: torch.nn.Module, batches: PreferenceBatches, object
         if reference.mode == "precomputed":
             ref = cached_reference(reference.cache, batch, epoch, batch.scored.num_responses)
         else:
-            ref = reference_logps(policy, reference, batch, clean, noised, positions=objective.noise_positions)
+            ref = reference_logps(policy, reference, batch, clean, noised, rules=objective.noise_position_rules)
         argmax = noise_argmax(policy, batch.chosen_only, noised) if noised is not None else None
-        pol = score_batch(policy, batch, clean, argmax, positions=objective.noise_positions)
+        pol = score_batch(policy, batch, clean, argmax, rules=objective.noise_position_rules)
         loss, metrics = preference_loss(objective, batch, pol, ref)
         metrics["batch"] = f"micro-batch {index}, records {batch.records}"
         return loss, metrics

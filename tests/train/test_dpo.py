@@ -70,12 +70,14 @@ def test_scores_and_noise_argmax_match_full_logit_transcription(setup):
         argmax = noise_argmax(model, batch.chosen_only, noised)
         got = score_batch(model, batch, clean, argmax)
         shifted = (argmax + 1) % model.lm_head.out_features  # a noise column unlike the argmax, to see the gate act
-        seen = score_batch(model, batch, clean, shifted, positions="seen")
+        seen = score_batch(model, batch, clean, shifted, rules=frozenset({"seen"}))
         # half the column words y+ says elsewhere (its own tokens shifted by one), half words it never says
         mixed = torch.where(torch.arange(len(shifted)) % 2 == 0, shifted, batch.chosen_only.targets.roll(1))
-        novel = score_batch(model, batch, clean, mixed, positions="novel")
+        novel = score_batch(model, batch, clean, mixed, rules=frozenset({"novel"}))
+        both = score_batch(model, batch, clean, mixed, rules=PreferenceObjective(stage=2, noise_positions="seen,novel")
+                           .noise_position_rules)
         records = [all_records[r] for r in batch.records]
-        offset, kept, flipped, novel_kept = 0, 0, 0, 0
+        offset, kept, flipped, novel_kept, both_kept = 0, 0, 0, 0, 0
         for b, rec in enumerate(records):
             logp_noised, resp = _full_logprobs(model, encoder, bank, rec, rec.chosen, noised[b:b + 1])
             a = logp_noised.argmax(-1)
@@ -96,6 +98,9 @@ def test_scores_and_noise_argmax_match_full_logit_transcription(setup):
             novel_kept += int(fresh.sum())
             kept_novel = torch.where(fresh, a_shift, resp)
             assert novel.noise[c].item() == pytest.approx(logp.gather(1, kept_novel[:, None]).sum().item(), abs=1e-4)
+            kept_both = torch.where(fresh & known, a_shift, resp)  # "seen,novel": both rules must hold
+            both_kept += int((fresh & known).sum())
+            assert both.noise[c].item() == pytest.approx(logp.gather(1, kept_both[:, None]).sum().item(), abs=1e-4)
             assert got.summed[c].item() == pytest.approx(logp.gather(1, resp[:, None]).sum().item(), abs=1e-4)
             assert got.noise[c].item() == pytest.approx(logp.gather(1, a[:, None]).sum().item(), abs=1e-4)
             for j, rej in enumerate(rec.rejected):
@@ -103,10 +108,16 @@ def test_scores_and_noise_argmax_match_full_logit_transcription(setup):
                 assert got.summed[c + 1 + j].item() == pytest.approx(logp_r.gather(1, resp_r[:, None]).sum().item(),
                                                                      abs=1e-4)
     assert 0 < kept < offset and flipped  # both branches of the "seen" rule are exercised
-    assert 0 < novel_kept < offset  # and of the "novel" rule
+    assert 0 < novel_kept < offset and 0 < both_kept < min(kept, novel_kept)  # and of "novel" and of both
 
 
-@pytest.mark.parametrize(("stage", "positions"), [(1, "all"), (2, "all"), (2, "seen"), (2, "novel")])
+@pytest.mark.parametrize("bad", ["", "seen,", "novel,all", "unseen"])
+def test_noise_positions_must_name_known_rules(bad):
+    with pytest.raises(ValueError, match="noise_positions"):
+        PreferenceObjective(stage=2, noise_positions=bad)
+
+
+@pytest.mark.parametrize(("stage", "positions"), [(1, "all"), (2, "all"), (2, "seen"), (2, "novel"), (2, "seen,novel")])
 def test_lora_at_init_gives_log2_and_cache_matches_live_reference(setup, stage, positions, tmp_path):
     model, _, _, batches = setup
     policy = add_lora(model, r=4, alpha=8, dropout=0.0)
@@ -118,9 +129,9 @@ def test_lora_at_init_gives_log2_and_cache_matches_live_reference(setup, stage, 
     noised = None
     if stage == 2:
         noised = noised_pixels(batches.bank, images01, [noise_seed(7, 0, r) for r in batch.records], 500)
-    ref = reference_logps(policy, reference, batch, clean, noised, positions=objective.noise_positions)
+    ref = reference_logps(policy, reference, batch, clean, noised, rules=objective.noise_position_rules)
     argmax = noise_argmax(policy, batch.chosen_only, noised) if noised is not None else None
-    pol = score_batch(policy, batch, clean, argmax, positions=objective.noise_positions)
+    pol = score_batch(policy, batch, clean, argmax, rules=objective.noise_position_rules)
     loss, metrics = preference_loss(objective, batch, pol, ref)
     # LoRA B = 0: policy == reference, every margin is 0, each sigmoid DPO term is log 2
     assert loss.item() == pytest.approx(math.log(2), abs=1e-5)
