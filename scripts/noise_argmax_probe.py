@@ -2,8 +2,10 @@
 
 Teacher-forced on reference captions, compares at every response position the argmax under the
 clean image, the argmax under the diffusion-noised image (POVID's dispreferred token ``a_t``) and
-the reference token, separately for object words (any class synonym) and the other words; lists the
-object words the noised image makes the model predict instead of the reference one.
+the reference token, separately for object words (any class synonym) and the other words; counts how
+many of the noised tokens that differ from the reference occur elsewhere in the same caption (a
+reordering, not a new word: what ``--noise-positions novel`` cancels); lists the object words the
+noised image makes the model predict instead of the reference one.
 
     python scripts/noise_argmax_probe.py --model halluremedy/assets/scene_base --data runs/scenes
     python scripts/noise_argmax_probe.py --model M --data D --steps 300 500 --images 300
@@ -30,7 +32,8 @@ from halluremedy.models.llava import image_seq_length, load_model
 
 @torch.no_grad()
 def probe(model, processor, dataset: CocoDataset, steps: list[int], seed: int) -> dict:
-    """``{step: {"object"|"other": {"n", "clean!=ref", "noised!=ref", "noised!=clean"}, "noised_object_words"}}``."""
+    """``{step: {"object"|"other": {"n", "clean!=ref", "noised!=ref", "noised!=clean", "noised!=ref, in caption"},
+    "noised_object_words"}}`` (rates are shares of ``n``)."""
     object_words = {w for words in (dataset.synonyms or {}).values() for w in words} or set(dataset.categories)
     bank = ImageBank(dataset, processor.image_processor)
     encoder = ConversationEncoder(processor.tokenizer, image_seq_length(model))
@@ -45,6 +48,7 @@ def probe(model, processor, dataset: CocoDataset, steps: list[int], seed: int) -
             input_ids, targets = torch.tensor([ids]), torch.tensor(labels[1:])
             positions = (targets != -100).nonzero().flatten()
             words = processor.tokenizer.convert_ids_to_tokens(targets[positions].tolist())
+            in_caption = set(targets[positions].tolist())
             clean_argmax = model(input_ids=input_ids, pixel_values=clean).logits[0, :-1].argmax(-1)[positions]
             for k in steps:
                 noised = diffusion_noise(images01, k, seed=seed * 1_000_003 + i, mean=mean, std=std, impl="torch")
@@ -56,13 +60,14 @@ def probe(model, processor, dataset: CocoDataset, steps: list[int], seed: int) -
                     counts[k][kind, "clean!=ref"] += a_c != ref
                     counts[k][kind, "noised!=ref"] += a_n != ref
                     counts[k][kind, "noised!=clean"] += a_n != a_c
+                    counts[k][kind, "noised!=ref, in caption"] += a_n != ref and a_n in in_caption
                     if kind == "object" and a_n != ref:
                         noised_words[k][processor.tokenizer.convert_ids_to_tokens(a_n)] += 1
     out = {}
     for k in steps:
         out[k] = {kind: {"n": counts[k][kind, "n"],
                          **{m: counts[k][kind, m] / max(counts[k][kind, "n"], 1)
-                            for m in ("clean!=ref", "noised!=ref", "noised!=clean")}}
+                            for m in ("clean!=ref", "noised!=ref", "noised!=clean", "noised!=ref, in caption")}}
                   for kind in ("object", "other")}
         out[k]["noised_object_words"] = noised_words[k].most_common(10)
     return out

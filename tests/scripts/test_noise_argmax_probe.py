@@ -31,6 +31,7 @@ def test_probe_counts_every_response_token(tiny_coco, tiny_llava_factory):
         assert result[k]["object"]["n"] > 0
         for kind in ("object", "other"):
             assert all(0.0 <= result[k][kind][m] <= 1.0 for m in ("clean!=ref", "noised!=ref", "noised!=clean"))
+            assert 0.0 <= result[k][kind]["noised!=ref, in caption"] <= result[k][kind]["noised!=ref"]
     # step 0 keeps sqrt(abar_0) ~ 1: the noised argmax is (almost) the clean one; step 999 is mostly noise
     assert result[0]["other"]["noised!=clean"] <= result[999]["other"]["noised!=clean"]
     assert torch.is_grad_enabled()  # the probe's no_grad does not leak
