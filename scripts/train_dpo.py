@@ -66,7 +66,8 @@ class DPORecipe:
     noise_step: int = option(500, "diffusion step k of the noised image (sigmoid schedule, T=1000)")
     noise_positions: str = option("all", "stage-2 noise term: all (POVID) | seen (only y+ positions whose clean-image "
                                   "argmax is the y+ token) | novel (only positions whose noised argmax is a token "
-                                  "y+ never contains) | seen,novel (both); the rest cancel")
+                                  "y+ never contains) | present (only where it names no class annotated in the image); "
+                                  "rules combine with commas, e.g. seen,novel; the rest cancel")
     weight_text: float = option(0.5, "stage-2 weight of the text-hallucination DPO term")
     weight_noise: float = option(0.5, "stage-2 weight of the noise-triggered DPO term")
     lora: bool = option(True, "train LoRA adapters (else a full fine-tune)")

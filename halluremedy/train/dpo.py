@@ -9,7 +9,8 @@ Per micro-batch of B records (prompt + image, chosen y+, k rejected y-):
   ``noise_positions`` may keep a_t at only some positions (elsewhere a_t := y+_t, so they cancel):
   "seen", where the clean-image argmax (read off the scoring forward's own rows, no extra pass) is
   the y+ token; "novel", where a_t is a token the ground truth y+ does not contain anywhere;
-  "seen,novel", where both hold;
+  "present", where a_t is not a word naming a class present in the image (any synonym; from the
+  annotations); rules combine with commas ("seen,novel,present"), all must hold;
 * one packed forward ``[P | y+ | y-_1 .. y-_k]`` for the policy (with grad) and one for the
   reference (no grad) score every response, plus, stage 2, the argmax tokens at the y+ positions
   (a second target column of the same ``linear_logprob`` call);
@@ -27,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -53,7 +54,7 @@ from halluremedy.train.losses import PairLogps, dpo_objective, nll_term, povid_s
 from halluremedy.train.sft import EpochSampler
 
 ReferenceMode = Literal["adapter", "copy", "precomputed"]
-NOISE_POSITION_RULES = ("seen", "novel")
+NOISE_POSITION_RULES = ("seen", "novel", "present")
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ class PreferenceObjective:
     # cancels). "all": every one (POVID). Else a comma-joined subset of NOISE_POSITION_RULES, all of
     # which must hold. "seen": the model's clean-image argmax is the y+ token. "novel": a_t occurs
     # nowhere in y+ (a word the ground truth never says, not a reordering of what it does say,
-    # nor its stop).
+    # nor its stop). "present": a_t is no token of a word naming a class present in the image
+    # (synonyms included; needs the batches' ``present_words``).
     noise_positions: str = "all"
 
     def __post_init__(self) -> None:
@@ -87,6 +89,11 @@ class PreferenceObjective:
     def noise_position_rules(self) -> frozenset[str]:
         return frozenset() if self.noise_positions == "all" else frozenset(self.noise_positions.split(","))
 
+    def check_batches(self, batches: PreferenceBatches) -> None:
+        if self.stage == 2 and "present" in self.noise_position_rules and not batches.has_present_words:
+            raise ValueError("noise_positions rule 'present' needs the images' present classes: build the "
+                             "PreferenceBatches with present_words (from the dataset's annotations)")
+
 
 @dataclass(frozen=True)
 class EncodedRecord:
@@ -94,6 +101,7 @@ class EncodedRecord:
     prompt: list[int]  # <s>USER: <image>*N\n{q} ASSISTANT:
     chosen: list[int]  # answer ids + </s>
     rejected: list[list[int]]
+    present: tuple[int, ...] = ()  # tokens of the words naming the image's present classes
 
 
 @dataclass
@@ -106,6 +114,8 @@ class PreferenceBatch:
     pairs: (P, 2) long, (chosen response, rejected response) indices into ``scored``'s responses.
     chosen_index: (B,) long, the y+ response of each record in ``scored``.
     chosen_tokens: (N,) bool over ``scored.targets``: True at y+ tokens (in ``chosen_only`` order).
+    present: (M, 2) long, (y+ response index in ``scored``, token) for every token of a word naming
+    a class present in that record's image.
     """
 
     records: list[int]
@@ -115,13 +125,17 @@ class PreferenceBatch:
     pairs: torch.Tensor
     chosen_index: torch.Tensor
     chosen_tokens: torch.Tensor
+    present: torch.Tensor
 
 
 class PreferenceBatches:
-    """Encodes every record once; ``batch(i)`` is a pure function of ``(seed, i)``."""
+    """Encodes every record once; ``batch(i)`` is a pure function of ``(seed, i)``.
+
+    ``present_words``: image file name -> the surface words naming the classes present in it (for
+    ``noise_positions`` rule "present"); None when there are no annotations to read them from."""
 
     def __init__(self, records: Sequence[PreferenceRecord], encoder: ConversationEncoder, bank: ImageBank,
-                 batch_size: int, seed: int):
+                 batch_size: int, seed: int, present_words: Mapping[str, Sequence[str]] | None = None):
         missing = [r.image for r in records if r.image not in bank]
         if missing:
             raise FileNotFoundError(f"{len(missing)} preference records name images not in the dataset, "
@@ -132,7 +146,10 @@ class PreferenceBatches:
             chosen = encoder.response_ids(r.chosen)
             rejected = [encoder.response_ids(x) for x in r.rejected]
             encoder.check_length(len(prompt) + max(len(chosen), *map(len, rejected)), f"record {k} ({r.id})")
-            self.encoded.append(EncodedRecord(r.image, prompt, chosen, rejected))
+            present = () if present_words is None else \
+                tuple(sorted({t for w in present_words.get(r.image, ()) for t in encoder.response_ids(w)[:-1]}))
+            self.encoded.append(EncodedRecord(r.image, prompt, chosen, rejected, present))
+        self.has_present_words = present_words is not None
         self.bank, self.batch_size = bank, batch_size
         self.image_token_id = encoder.image_token_id
         self.sampler = EpochSampler(len(records), seed)
@@ -160,8 +177,10 @@ class PreferenceBatches:
         chosen_index = torch.tensor(chosen_index)
         is_chosen = torch.zeros(scored.num_responses, dtype=torch.bool)
         is_chosen[chosen_index] = True
+        present = torch.tensor([(int(c), t) for c, r in zip(chosen_index, recs) for t in r.present],
+                               dtype=torch.long).view(-1, 2)
         return PreferenceBatch(rows, [r.image for r in recs], scored, chosen_only, torch.tensor(pairs), chosen_index,
-                               is_chosen[scored.token_response])
+                               is_chosen[scored.token_response], present)
 
 
 def noised_pixels(bank: ImageBank, images01: torch.Tensor, keys: Sequence[int], step: int) -> torch.Tensor:
@@ -229,18 +248,25 @@ def score_batch(model: torch.nn.Module, batch: PreferenceBatch, clean: torch.Ten
         keep = torch.ones_like(truth, dtype=torch.bool)
         if "seen" in rules:
             keep &= rows_argmax(model, rows[chosen].detach()) == truth
+        response = scored.token_response[chosen]
         if "novel" in rules:
-            keep &= ~occurs_in_response(argmax_tokens, truth, scored.token_response[chosen])
+            keep &= ~occurs_in_response(argmax_tokens, response, truth, response)
+        if "present" in rules:
+            table = batch.present.to(truth.device)
+            keep &= ~occurs_in_response(argmax_tokens, response, table[:, 1], table[:, 0])
         extra[chosen] = torch.where(keep, argmax_tokens, truth)
     out = score_response_rows(model, scored, rows, extra_targets=extra)
     return StepLogps(out.summed, out.lengths.to(out.summed.device), out.extra_summed)
 
 
-def occurs_in_response(tokens: torch.Tensor, truth: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
-    """(N,) bool: ``tokens[i]`` is one of the ``truth`` tokens of its own response ``response[i]``
-    (all three (N,), the responses' tokens in order)."""
-    width = int(torch.maximum(tokens.max(), truth.max())) + 1
-    return torch.isin(response * width + tokens, response * width + truth)
+def occurs_in_response(tokens: torch.Tensor, response: torch.Tensor, table_tokens: torch.Tensor,
+                       table_response: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: ``tokens[i]`` is listed for its own response ``response[i]`` in the table of
+    (M,) ``table_tokens`` / ``table_response`` pairs."""
+    if table_tokens.numel() == 0:
+        return torch.zeros_like(tokens, dtype=torch.bool)
+    width = int(torch.maximum(tokens.max(), table_tokens.max())) + 1
+    return torch.isin(response * width + tokens, table_response * width + table_tokens)
 
 
 def reference_logps(policy: torch.nn.Module, reference: Reference, batch: PreferenceBatch, clean: torch.Tensor,
@@ -282,6 +308,7 @@ def precompute_reference(model: torch.nn.Module, batches: PreferenceBatches, obj
     the reference's argmax-token sums under the noise each record gets in each epoch. Keyed by
     record index; the file's metadata holds the seed, stage and record count it is valid for.
     """
+    objective.check_batches(batches)
     device = next(model.parameters()).device
     n = len(batches)
     k_max = max(len(e.rejected) for e in batches.encoded)
@@ -338,6 +365,7 @@ def train_preference(policy: torch.nn.Module, batches: PreferenceBatches, object
                      reference: Reference, cfg: LoopConfig, out_dir: str | os.PathLike, *, seed: int,
                      resume: bool = False) -> list[dict]:
     """Run the preference objective through the shared loop (same checkpoints, resume, NaN guard)."""
+    objective.check_batches(batches)
     device = next(policy.parameters()).device
 
     def micro_step(step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:

@@ -72,6 +72,14 @@ def _finish(model, processor, out_dir: Path, spec: TuningSpec, keys: list[str], 
     return out_dir / "model"
 
 
+def present_words(dataset: CocoDataset) -> dict[str, list[str]]:
+    """Image file name -> every surface word of every class annotated in it (the class name and
+    its synonyms, when the dataset ships them)."""
+    synonyms = dataset.synonyms or {}
+    return {im.file_name: sorted({w for o in im.objects for w in (o.category, *synonyms.get(o.category, ()))})
+            for im in dataset.images}
+
+
 def run_preference_stage(model_dir: str | os.PathLike, records: list[PreferenceRecord], dataset: CocoDataset,
                          out_dir: str | os.PathLike, objective: PreferenceObjective, spec: TuningSpec, *,
                          reference: str = "adapter", device: str = "cpu", resume: bool = False) -> Path:
@@ -82,7 +90,8 @@ def run_preference_stage(model_dir: str | os.PathLike, records: list[PreferenceR
     model, processor, bank, encoder = _prepare(model_dir, dataset, spec, device)
     if reference == "adapter" and not spec.lora:
         raise ValueError("reference='adapter' needs LoRA; use 'copy' or 'precomputed' for a full fine-tune")
-    batches = PreferenceBatches(records, encoder, bank, spec.batch_size, spec.seed)
+    batches = PreferenceBatches(records, encoder, bank, spec.batch_size, spec.seed,
+                                present_words=present_words(dataset))
     ref = Reference(reference, model)
     if reference == "precomputed":
         epochs = -(-spec.steps * spec.grad_accum * spec.batch_size // len(records))

@@ -22,6 +22,7 @@ from halluremedy.train.dpo import (
     reference_logps,
     score_batch,
 )
+from halluremedy.train.povid import present_words
 
 PROMPT = "Describe this image."
 
@@ -42,7 +43,8 @@ def setup(tiny_coco, tiny_llava_factory):
     encoder = ConversationEncoder(processor.tokenizer, 16)
     bank = ImageBank(tiny_coco, processor.image_processor)
     records = _records(tiny_coco)
-    return model, records, encoder, PreferenceBatches(records, encoder, bank, 3, seed=0)
+    return model, records, encoder, PreferenceBatches(records, encoder, bank, 3, seed=0,
+                                                      present_words=present_words(tiny_coco))
 
 
 def _full_logprobs(model, encoder, bank, record, answer, pixel):
@@ -55,7 +57,7 @@ def _full_logprobs(model, encoder, bank, record, answer, pixel):
     return logp, torch.tensor(resp)
 
 
-def test_scores_and_noise_argmax_match_full_logit_transcription(setup):
+def test_scores_and_noise_argmax_match_full_logit_transcription(setup, tiny_coco):
     model, all_records, encoder, batches = setup
     model.eval()
     with torch.no_grad():  # favour one word of the captions, so the clean argmax is y+ at some positions
@@ -76,8 +78,10 @@ def test_scores_and_noise_argmax_match_full_logit_transcription(setup):
         novel = score_batch(model, batch, clean, mixed, rules=frozenset({"novel"}))
         both = score_batch(model, batch, clean, mixed, rules=PreferenceObjective(stage=2, noise_positions="seen,novel")
                            .noise_position_rules)
+        absent = score_batch(model, batch, clean, mixed, rules=frozenset({"present"}))
         records = [all_records[r] for r in batch.records]
-        offset, kept, flipped, novel_kept, both_kept = 0, 0, 0, 0, 0
+        words = present_words(tiny_coco)
+        offset, kept, flipped, novel_kept, both_kept, absent_kept = 0, 0, 0, 0, 0, 0
         for b, rec in enumerate(records):
             logp_noised, resp = _full_logprobs(model, encoder, bank, rec, rec.chosen, noised[b:b + 1])
             a = logp_noised.argmax(-1)
@@ -101,6 +105,12 @@ def test_scores_and_noise_argmax_match_full_logit_transcription(setup):
             kept_both = torch.where(fresh & known, a_shift, resp)  # "seen,novel": both rules must hold
             both_kept += int((fresh & known).sum())
             assert both.noise[c].item() == pytest.approx(logp.gather(1, kept_both[:, None]).sum().item(), abs=1e-4)
+            # "present": cancelled where the column token belongs to a word naming a class in the image
+            named = {t for w in words[rec.image] for t in encoder.response_ids(w)[:-1]}
+            not_named = torch.tensor([int(t) not in named for t in a_shift])
+            absent_kept += int(not_named.sum())
+            kept_absent = torch.where(not_named, a_shift, resp)
+            assert absent.noise[c].item() == pytest.approx(logp.gather(1, kept_absent[:, None]).sum().item(), abs=1e-4)
             assert got.summed[c].item() == pytest.approx(logp.gather(1, resp[:, None]).sum().item(), abs=1e-4)
             assert got.noise[c].item() == pytest.approx(logp.gather(1, a[:, None]).sum().item(), abs=1e-4)
             for j, rej in enumerate(rec.rejected):
@@ -109,6 +119,16 @@ def test_scores_and_noise_argmax_match_full_logit_transcription(setup):
                                                                      abs=1e-4)
     assert 0 < kept < offset and flipped  # both branches of the "seen" rule are exercised
     assert 0 < novel_kept < offset and 0 < both_kept < min(kept, novel_kept)  # and of "novel" and of both
+    assert 0 < absent_kept < offset  # and of "present"
+
+
+def test_present_rule_needs_present_words(tiny_coco, tiny_llava_factory):
+    _, processor = tiny_llava_factory(5)
+    encoder = ConversationEncoder(processor.tokenizer, 16)
+    batches = PreferenceBatches(_records(tiny_coco), encoder, ImageBank(tiny_coco, processor.image_processor), 3, 0)
+    PreferenceObjective(stage=2, noise_positions="seen,novel").check_batches(batches)
+    with pytest.raises(ValueError, match="present_words"):
+        PreferenceObjective(stage=2, noise_positions="novel,present").check_batches(batches)
 
 
 @pytest.mark.parametrize("bad", ["", "seen,", "novel,all", "unseen"])
@@ -117,7 +137,7 @@ def test_noise_positions_must_name_known_rules(bad):
         PreferenceObjective(stage=2, noise_positions=bad)
 
 
-@pytest.mark.parametrize(("stage", "positions"), [(1, "all"), (2, "all"), (2, "seen"), (2, "novel"), (2, "seen,novel")])
+@pytest.mark.parametrize(("stage", "positions"), [(1, "all"), (2, "all"), (2, "seen"), (2, "novel"), (2, "seen,novel"), (2, "seen,novel,present")])
 def test_lora_at_init_gives_log2_and_cache_matches_live_reference(setup, stage, positions, tmp_path):
     model, _, _, batches = setup
     policy = add_lora(model, r=4, alpha=8, dropout=0.0)
