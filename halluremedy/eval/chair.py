@@ -99,6 +99,10 @@ class ObjectVocabulary:
         """A vocabulary from a dataset's own table: class -> surface words (multi-word allowed)."""
         return cls(synonyms, {word: category for category, words in synonyms.items() for word in words})
 
+    def surface_forms(self, category: str) -> list[str]:
+        """Every (singular) surface phrase that names ``category``, its own name included, sorted."""
+        return sorted(" ".join(key) for key, c in self._table.items() if c == category)
+
     def lookup(self, phrase: str) -> str | None:
         """Class that a surface phrase names, or None (unknown, or a phrase that is dropped).
 

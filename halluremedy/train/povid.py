@@ -16,6 +16,7 @@ from halluremedy.data.coco import CocoDataset, write_json_atomic
 from halluremedy.data.conversation import Conversation, ConversationEncoder, Turn
 from halluremedy.data.images import ImageBank
 from halluremedy.data.preference import PreferenceRecord
+from halluremedy.eval.run import object_vocabulary
 from halluremedy.models.llava import image_seq_length, load_model, save_model
 from halluremedy.models.lora import add_lora, merge_lora
 from halluremedy.train.dpo import (
@@ -73,10 +74,10 @@ def _finish(model, processor, out_dir: Path, spec: TuningSpec, keys: list[str], 
 
 
 def present_words(dataset: CocoDataset) -> dict[str, list[str]]:
-    """Image file name -> every surface word of every class annotated in it (the class name and
-    its synonyms, when the dataset ships them)."""
-    synonyms = dataset.synonyms or {}
-    return {im.file_name: sorted({w for o in im.objects for w in (o.category, *synonyms.get(o.category, ()))})
+    """Image file name -> every surface phrase that CHAIR reads as a class annotated in it (the
+    dataset's synonym table, or the built-in COCO one)."""
+    vocab = object_vocabulary(dataset)
+    return {im.file_name: sorted({w for o in im.objects for w in vocab.surface_forms(o.category)})
             for im in dataset.images}
 
 

@@ -213,3 +213,12 @@ def test_chair_result_is_json(coco):
     caption = data["per_caption"][0]
     assert caption["image_id"] == 5 and caption["ground_truth"] == ["dog"]
     assert caption["hallucinated"] == [{"text": "cat", "lemma": "cat", "category": "cat", "token_index": 4}]
+
+
+def test_surface_forms_are_every_phrase_lookup_maps_to_the_class(coco):
+    forms = coco.surface_forms("dining table")
+    assert {"dining table", "table", "desk"} <= set(forms) and forms == sorted(forms)
+    assert all(coco.lookup(f) == "dining table" for f in forms)
+    assert "train track" not in coco.surface_forms("train")  # a dropped phrase names no class
+    scene = ObjectVocabulary.from_synonyms({"cross": ["cross", "plus sign"], "ring": ["hoop"]})
+    assert scene.surface_forms("cross") == ["cross", "plus sign"] and scene.surface_forms("ring") == ["hoop", "ring"]
