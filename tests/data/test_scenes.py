@@ -31,7 +31,7 @@ from halluremedy.data.scenes import (
     scene_text_vocabulary,
     shape_alpha,
 )
-from halluremedy.data.scenes.__main__ import main as cli_main
+from halluremedy.data.scenes.__main__ import main as cli_main, parse_class_weights
 
 CFG = SceneConfig()
 
@@ -252,6 +252,18 @@ def test_cli_writes_a_split(tmp_path, capsys):
     cli_main(["--out", str(tmp_path), "--split", "train", "--n", "5", "--seed", "0", "--caption-noise", "0.25"])
     data = CocoDataset.load(tmp_path, "train", require_captions=True)
     assert len(data) == 5 and all(len(im.captions) == 2 for im in data.images)
+
+
+def test_cli_class_weights_leave_out_classes(tmp_path):
+    cli_main(["--out", str(tmp_path), "--split", "base", "--n", "60", "--seed", "0", "--class-weights", "cross=0, bar=0"])
+    data = CocoDataset.load(tmp_path, "base")
+    drawn = {obj.category for im in data.images for obj in im.objects}
+    assert drawn == set(CLASSES) - {"cross", "bar"}
+    assert parse_class_weights("") == ()
+    assert parse_class_weights("star=2") == tuple(2.0 if c == "star" else 1.0 for c in CLASSES)
+    for bad in ("hexagon=1", "star"):
+        with pytest.raises(ValueError, match="--class-weights"):
+            parse_class_weights(bad)
 
 
 @pytest.mark.parametrize("kwargs, field", [
