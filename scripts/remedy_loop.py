@@ -60,6 +60,7 @@ from halluremedy.diagnose import (
 )
 from halluremedy.eval.run import EvalConfig, evaluate, summary_row
 from halluremedy.generate.targeted import (
+    CLASS_SCORES,
     PAIR_EDITS,
     TargetWeights,
     instruction_conversations,
@@ -113,7 +114,10 @@ class RemedyConfig:
     lora: bool = option(True, "train LoRA adapters on the decoder (else a full fine-tune, vision tower included)")
     lora_r: int = option(16, "LoRA rank")
     lora_alpha: int = option(32, "LoRA alpha")
-    focus: float = option(1.0, "targeted class weights: (diagnosed hallucination rate + 0.02) ** FOCUS")
+    focus: float = option(1.0, "targeted class weights: (diagnosed class score + 0.02) ** FOCUS")
+    class_score: str = option("hallucination", "the diagnosed class score the targeted arms aim at: hallucination "
+                              "(named while absent) | error (also missed while present, so a class the model cannot "
+                              "see and calls something else is aimed at too)")
     reflective_weights: str = option("targeted", "questions of the reflective arms: targeted | uniform")
     fresh_scenes: int = option(0, "scene world only: draw each arm's data from this many newly rendered scenes whose "
                                   "classes follow the arm's weights (0: from the training split)")
@@ -210,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"unknown arms {unknown}; known: {list(ARMS)}")
     if cfg.dpo_edit not in PAIR_EDITS:
         raise SystemExit(f"--dpo-edit must be one of {PAIR_EDITS}, got {cfg.dpo_edit!r}")
+    if cfg.class_score not in CLASS_SCORES:
+        raise SystemExit(f"--class-score must be one of {CLASS_SCORES}, got {cfg.class_score!r}")
     if cfg.reflective_weights not in ("targeted", "uniform"):
         raise SystemExit(f"--reflective-weights must be targeted or uniform, got {cfg.reflective_weights!r}")
     if cfg.fresh_scenes < 0:
@@ -238,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     probe = ProbeConfig(images=cfg.diag_images)
     before = diagnosed(base_dir, diag, probe, out / "diagnosis" / "base", "base", cfg)
     worst = [c.category for c in before.worst_classes(3)]
-    weights = {"targeted": TargetWeights.from_diagnosis(before, focus=cfg.focus), "untargeted": TargetWeights.uniform(train.categories)}
+    weights = {"targeted": TargetWeights.from_diagnosis(before, focus=cfg.focus, class_score=cfg.class_score), "untargeted": TargetWeights.uniform(train.categories)}
     weights["uniform"] = weights["untargeted"]
     write_json_atomic(out / "target_weights.json", {k: w.to_dict() for k, w in weights.items() if k != "uniform"},
                       indent=2)

@@ -22,6 +22,8 @@ Then (:func:`analyse`, pure, testable on fake answers) per class::
     probe_fp_rate   = "yes" to c on images without c / images without c
     probe_fn_rate   = "no" to c on images with c / images with c
     hallucination_rate = mean of the FP rates that have a denominator (the ranking score)
+    miss_rate          = mean of the FN rates that have a denominator
+    error_rate         = (hallucination_rate + miss_rate) / 2
 
 and co-occurrence triggers: for an ordered pair (A, B), on images with A present and B absent,
 how often B is hallucinated (caption names it, or the probe says yes) against the same rate on
@@ -299,13 +301,29 @@ class ClassStats:
     @property
     def hallucination_rate(self) -> float:
         """Mean of the caption and probe false-positive rates that have a denominator."""
-        rates = [r for r, d in ((self.caption_fp_rate, self.n_absent), (self.probe_fp_rate, self.probe_absent)) if d]
-        return sum(rates) / len(rates) if rates else 0.0
+        return self._mean_rate((self.caption_fp_rate, self.n_absent), (self.probe_fp_rate, self.probe_absent))
+
+    @property
+    def miss_rate(self) -> float:
+        """Mean of the caption and probe false-negative rates that have a denominator."""
+        return self._mean_rate((self.caption_fn_rate, self.n_present), (self.probe_fn_rate, self.probe_present))
+
+    @property
+    def error_rate(self) -> float:
+        """Mean of ``hallucination_rate`` and ``miss_rate``: also high for a class the model fails to see,
+        whose misses surface as hallucinations of the classes it is mistaken for."""
+        return (self.hallucination_rate + self.miss_rate) / 2
+
+    @staticmethod
+    def _mean_rate(*rates: tuple[float, int]) -> float:
+        kept = [rate for rate, denominator in rates if denominator]
+        return sum(kept) / len(kept) if kept else 0.0
 
     def to_dict(self) -> dict:
         return {**asdict(self), "caption_fp_rate": self.caption_fp_rate, "caption_fn_rate": self.caption_fn_rate,
                 "probe_fp_rate": self.probe_fp_rate, "probe_fn_rate": self.probe_fn_rate,
-                "count_error_rate": self.count_error_rate, "hallucination_rate": self.hallucination_rate}
+                "count_error_rate": self.count_error_rate, "hallucination_rate": self.hallucination_rate,
+                "miss_rate": self.miss_rate, "error_rate": self.error_rate}
 
 
 @dataclass(frozen=True)

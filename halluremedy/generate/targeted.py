@@ -55,7 +55,7 @@ from halluremedy.generate.injector import (
 from halluremedy.generate.pairs import caption_prompt_by_index
 from halluremedy.prompts import POPE_SUFFIX, pope_question
 
-__all__ = ["PAIR_EDITS", "QUESTION_KINDS", "RELATION_PHRASES", "GroundedQuestion", "InstructionMix", "PairEdit",
+__all__ = ["CLASS_SCORES", "PAIR_EDITS", "QUESTION_KINDS", "RELATION_PHRASES", "GroundedQuestion", "InstructionMix", "PairEdit",
            "QuestionKind", "TargetWeights", "instruction_conversations", "reference_phrase", "sample_questions",
            "targeted_preference_pairs", "write_instructions"]
 
@@ -66,6 +66,7 @@ RELATION_PHRASES: dict[str, str] = {"left of": "to the left of", "right of": "to
                                     "below": "below"}
 _OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 _ATTRIBUTES = ("color", "size")
+CLASS_SCORES = ("hallucination", "error")  # what a targeted class weight reads from the diagnosis
 
 
 def _normalised(weights: dict, what: str) -> dict:
@@ -105,15 +106,20 @@ class TargetWeights:
 
     @classmethod
     def from_diagnosis(cls, diagnosis: Diagnosis, *, floor: float = 0.02, top_triggers: int | None = 12,
-                       top_misnamings: int | None = 12, focus: float = 1.0) -> TargetWeights:
-        """Class weight ``(hallucination_rate + floor) ** focus`` (``focus`` > 1 aims harder at the
-        worst classes); trigger weight = its positive excess (the
+                       top_misnamings: int | None = 12, focus: float = 1.0,
+                       class_score: Literal["hallucination", "error"] = "hallucination") -> TargetWeights:
+        """Class weight ``(score + floor) ** focus`` (``focus`` > 1 aims harder at the worst classes), where
+        ``class_score`` picks the class's ``hallucination_rate`` (named while absent) or its ``error_rate``
+        (also missed while present: the class a model cannot see, and calls something else, gets weight
+        too); trigger weight = its positive excess (the
         ``top_triggers`` largest; pairs named by no trigger get none); misnaming weight = its count
         (the ``top_misnamings`` largest); attribute value weight = how often the model confused it.
         A table the diagnosis leaves empty falls back to uniform pairs."""
         if focus <= 0:
             raise ValueError(f"focus must be > 0, got {focus}")
-        classes = {c: (s.hallucination_rate + floor) ** focus for c, s in diagnosis.classes.items()}
+        if class_score not in CLASS_SCORES:
+            raise ValueError(f"class_score must be one of {CLASS_SCORES}, got {class_score!r}")
+        classes = {c: (getattr(s, f"{class_score}_rate") + floor) ** focus for c, s in diagnosis.classes.items()}
         uniform = {(a, b): 1.0 for a in classes for b in classes if a != b}
         triggers = {(t.present, t.hallucinated): t.excess for t in diagnosis.top_triggers(top_triggers)}
         misnamings = {(m.true, m.said): m.count for m in diagnosis.misnamings[:top_misnamings]}

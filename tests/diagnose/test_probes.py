@@ -66,6 +66,9 @@ def test_analyse_counts_errors_exactly(fake_run):
     assert moon.hallucination_rate == pytest.approx((2 / 3 + 1.0) / 2)
     assert (square.n_present, square.caption_fn, square.caption_fn_rate) == (2, 1, 0.5)
     assert square.probe_fn_rate == 0.0 and square.caption_fp == 0
+    assert square.miss_rate == pytest.approx((0.5 + 0.0) / 2)  # caption and probe FN rates
+    assert square.error_rate == pytest.approx((square.hallucination_rate + square.miss_rate) / 2)
+    assert moon.miss_rate == 0.0 and moon.error_rate == pytest.approx(moon.hallucination_rate / 2)  # never present
     assert (circle.count_checked, circle.count_wrong) == (1, 1)  # "two circles", there is one
     assert d.classes["star"].count_checked == 2 and d.classes["star"].count_wrong == 0
     assert d.worst_classes(1)[0].category == "moon"

@@ -58,6 +58,21 @@ def test_weights_from_a_diagnosis(fake_run):
         TargetWeights("x", {"a": 0.0}, {})
 
 
+def test_error_score_also_aims_at_classes_the_model_misses(fake_run):
+    d = analyse(fake_run, VOCAB)
+    by_error = TargetWeights.from_diagnosis(d, class_score="error")
+    raw = {c: s.error_rate + 0.02 for c, s in d.classes.items()}
+    assert by_error.classes == pytest.approx({c: v / sum(raw.values()) for c, v in raw.items()})
+    by_hallucination = TargetWeights.from_diagnosis(d)
+    assert d.classes["square"].miss_rate > 0 == d.classes["moon"].miss_rate  # the square is missed once
+    def square_per_moon(w: TargetWeights) -> float:
+        return w.classes["square"] / w.classes["moon"]
+
+    assert square_per_moon(by_error) > square_per_moon(by_hallucination)
+    with pytest.raises(ValueError, match="class_score"):
+        TargetWeights.from_diagnosis(d, class_score="recall")
+
+
 def test_mix_counts_are_exact():
     for n in (0, 1, 7, 100, 961):
         counts = InstructionMix().counts(n)

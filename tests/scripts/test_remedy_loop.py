@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "remedy_loop.py"
 
@@ -69,7 +71,7 @@ def test_remedy_loop_end_to_end(tmp_path):
     # --fresh-scenes: each arm draws from newly rendered scenes, classes by its own weights
     fresh = [a if a != "d/remedy" else "d/fresh" for a in common]
     _run(*fresh, "--seeds", "0", "--arms", "targeted-sft", "untargeted-sft", "--fresh-scenes", "24", "--no-rediagnose",
-         cwd=tmp_path)
+         "--class-score", "error", cwd=tmp_path)
     scenes = tmp_path / "d" / "fresh" / "seed0" / "scenes"
     for arm, split in (("targeted-sft", "fresh_targeted"), ("untargeted-sft", "fresh_uniform")):
         assert len(list((scenes / split).glob("*.png"))) == 24
@@ -78,6 +80,9 @@ def test_remedy_loop_end_to_end(tmp_path):
     weights = json.loads((tmp_path / "d" / "fresh" / "target_weights.json").read_text())
     instances = json.loads((scenes / "annotations" / "instances_fresh_targeted.json").read_text())
     assert weights["targeted"]["classes"] != weights["untargeted"]["classes"] and instances["annotations"]
+    diagnosis = json.loads((tmp_path / "d" / "fresh" / "diagnosis" / "base" / "diagnosis.json").read_text())
+    aimed = {c: stats["error_rate"] + 0.02 for c, stats in diagnosis["classes"].items()}
+    assert weights["targeted"]["classes"] == pytest.approx({c: v / sum(aimed.values()) for c, v in aimed.items()})
 
 
 def test_help_names_the_protocol_options(tmp_path):
