@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from halluremedy.data.coco import CocoDataset, write_json_atomic
-from halluremedy.eval.run import EvalConfig, evaluate, format_table, summary_row
+from halluremedy.eval.run import POPE_SETTINGS, EvalConfig, evaluate, format_table, summary_row
 from halluremedy.models.generate import Decoding
 from halluremedy.models.llava import load_model
 
@@ -18,7 +18,8 @@ def eval_main(args: argparse.Namespace) -> int:
     decodings = [Decoding(0.0, args.max_new_tokens, args.seed)]
     decodings += [Decoding(t, args.max_new_tokens, args.seed) for t in args.temperature]
     cfg = EvalConfig(chair_images=args.chair_images, pope_images=args.pope_images, seed=args.seed,
-                     caption_prompt=args.prompt, caption_decodings=decodings, batch_size=args.batch_size)
+                     caption_prompt=args.prompt, caption_decodings=decodings, batch_size=args.batch_size,
+                     pope_settings=POPE_SETTINGS if args.pope_images else ())
     result = evaluate(model, processor, dataset, cfg)
     out = Path(args.out) if args.out else Path(args.model) / f"eval_{args.split}.json"
     write_json_atomic(out, result, indent=2)
@@ -35,9 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--data", required=True, help="COCO-format root (annotations/ and SPLIT/ inside)")
     ev.add_argument("--split", default="val", help="split name: annotations/instances_SPLIT.json (default: val)")
     ev.add_argument("--chair-images", type=int, default=500)
-    ev.add_argument("--pope-images", type=int, default=500)
+    ev.add_argument("--pope-images", type=int, default=500, help="0: skip POPE")
     ev.add_argument("--temperature", type=float, nargs="*", default=[1.0],
-                    help="also caption by sampling at these temperatures (POVID used 0.2); greedy always runs")
+                    help="also caption by sampling at these temperatures (POVID used 0.2; none given: greedy "
+                         "only); greedy always runs")
     ev.add_argument("--max-new-tokens", type=int, default=64)
     ev.add_argument("--prompt", default=EvalConfig.caption_prompt, help="captioning prompt")
     ev.add_argument("--seed", type=int, default=0)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from halluremedy.eval.seeds import aggregate, mean_spread, paired_differences
+from halluremedy.eval.seeds import aggregate, caption_flags, mean_spread, paired_chair_s, paired_differences
 
 
 def test_mean_spread():
@@ -29,3 +30,36 @@ def test_aggregate_and_paired_differences():
     assert d["x"]["std"] < mean_spread([0.5, 0.7, 0.9])["std"]
     with pytest.raises(ValueError, match="equally many"):
         paired_differences(a, b[:2])
+
+
+def _result(flags: dict[int, bool]) -> dict:
+    return {"chair": {"greedy": {"per_caption": [{"image_id": i, "hallucinated": [{"category": "x"}] if f else []}
+                                                 for i, f in flags.items()]}}}
+
+
+def test_caption_flags_read_an_evaluation():
+    assert caption_flags(_result({3: True, 5: False})) == {3: True, 5: False}
+    with pytest.raises(KeyError, match="sampled"):
+        caption_flags(_result({3: True}), "sampled")
+
+
+def test_paired_chair_s_differences_and_interval():
+    rng = np.random.default_rng(1)
+    a = [{i: bool(rng.random() < 0.5) for i in range(400)} for _ in range(3)]
+    b = [{i: bool(rng.random() < 0.6) for i in range(400)} for _ in range(3)]
+    b[0][999] = True  # an image only one run captioned is left out
+    stats = paired_chair_s(a, b, resamples=500)
+    expected = [np.mean([ra[i] - rb[i] for i in range(400)]) for ra, rb in zip(a, b)]
+    assert stats["images"] == 400 and stats["per_seed"]["values"] == pytest.approx(expected)
+    lo, hi = stats["interval"]
+    assert lo < np.mean(expected) < hi and hi - lo < 0.2
+    assert paired_chair_s(a, b, resamples=500) == stats  # seeded
+    wider = paired_chair_s(a, b, resamples=500, level=0.99)["interval"]
+    assert wider[0] < lo and wider[1] > hi
+    # differences that are the same on every image and seed leave nothing to resample
+    ones, zeros = [dict.fromkeys(range(50), True)] * 2, [dict.fromkeys(range(50), False)] * 2
+    assert paired_chair_s(ones, zeros, resamples=50)["interval"] == (1.0, 1.0)
+    with pytest.raises(ValueError, match="equally many"):
+        paired_chair_s(a, b[:2])
+    with pytest.raises(ValueError, match="no image in common"):
+        paired_chair_s([{1: True}], [{2: True}])
