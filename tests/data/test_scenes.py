@@ -31,7 +31,8 @@ from halluremedy.data.scenes import (
     scene_text_vocabulary,
     shape_alpha,
 )
-from halluremedy.data.scenes.__main__ import main as cli_main, parse_class_weights
+from halluremedy.data.scenes.__main__ import main as cli_main
+from halluremedy.data.scenes.__main__ import parse_class_weights
 
 CFG = SceneConfig()
 
