@@ -123,6 +123,7 @@ def main() -> None:
         steps = sum(cfg.stage1_steps if s == 1 else cfg.stage2_steps for s in stages)
         models["sft-control"] = run_sft_control(base_dir, records, train, out / "sft_control", replace(spec, steps=steps),
                                                 device=cfg.device, resume=cfg.resume)
+    write_json_atomic(out / "models.json", {k: str(v) for k, v in models.items()}, indent=1)
 
     if cfg.eval_images:
         eval_cfg = EvalConfig(chair_images=cfg.eval_images, pope_images=cfg.eval_images, seed=cfg.seed,

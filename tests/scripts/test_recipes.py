@@ -28,6 +28,8 @@ def test_train_dpo_embedded_default_end_to_end(tmp_path):
         assert (d / "povid" / stage / "metrics.png").exists()
     results = json.loads((d / "povid" / "eval.json").read_text())["results"]
     assert set(results) == {"base", "stage1", "stage2", "sft-control"}
+    listing = json.loads((d / "povid" / "models.json").read_text())  # what povid_experiment --test-data reads
+    assert set(listing) == set(results) and Path(listing["stage2"]) == Path("d/povid/stage2/model")
     assert set(results["stage2"]["pope"]) == {"random", "popular", "adversarial"}
     assert (d / "povid" / "pairs.jsonl").read_text().count("\n") > 10
 
