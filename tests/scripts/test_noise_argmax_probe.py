@@ -1,28 +1,16 @@
 """The noise-term probe: counts every response token once per noise step, rates in [0, 1]."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _module():
-    spec = importlib.util.spec_from_file_location("noise_argmax_probe", ROOT / "scripts" / "noise_argmax_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_probe_counts_every_response_token(tiny_coco, tiny_llava_factory):
+def test_probe_counts_every_response_token(tiny_coco, tiny_llava_factory, load_script):
     from halluremedy.data.conversation import ConversationEncoder, Turn
     from halluremedy.generate.pairs import caption_prompt_by_index
     from halluremedy.models.llava import image_seq_length
 
     model, processor = tiny_llava_factory(0)
     model.eval()
-    result = _module().probe(model, processor, tiny_coco, [0, 999], seed=0)
+    result = load_script("noise_argmax_probe").probe(model, processor, tiny_coco, [0, 999], seed=0)
     encoder = ConversationEncoder(processor.tokenizer, image_seq_length(model))
     n_tokens = sum(sum(label != -100 for label in encoder.encode([Turn(caption_prompt_by_index(c, cap), cap)])[1])
                    for im in tiny_coco.images for c, cap in enumerate(im.captions))

@@ -1,19 +1,9 @@
 """scripts/paired_chair.py on hand-made evaluation JSONs."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "paired_chair.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("paired_chair", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _write(path: Path, flags: list[bool]) -> str:
@@ -22,19 +12,19 @@ def _write(path: Path, flags: list[bool]) -> str:
     return str(path)
 
 
-def test_one_base_file_against_every_seed(tmp_path, capsys):
+def test_one_base_file_against_every_seed(tmp_path, capsys, load_script):
     a = [_write(tmp_path / f"a{s}.json", [True, False, False, s == 1]) for s in range(2)]
     b = _write(tmp_path / "base.json", [True, True, False, False])
-    _load().main(["--a", *a, "--b", b, "--resamples", "200", "--out", str(tmp_path / "out.json")])
+    load_script("paired_chair").main(["--a", *a, "--b", b, "--resamples", "200", "--out", str(tmp_path / "out.json")])
     out = json.loads((tmp_path / "out.json").read_text())
     assert out["per_seed"]["values"] == pytest.approx([-0.25, 0.0]) and out["images"] == 4
     assert "over 2 seed(s), 4 images" in capsys.readouterr().out
 
 
-def test_bad_inputs_are_named(tmp_path):
+def test_bad_inputs_are_named(tmp_path, load_script):
     a = _write(tmp_path / "a.json", [True])
     (tmp_path / "pope_only.json").write_text(json.dumps({"chair": {}, "pope": {}}))
     with pytest.raises(SystemExit, match="pope_only.json"):
-        _load().main(["--a", a, "--b", str(tmp_path / "pope_only.json")])
+        load_script("paired_chair").main(["--a", a, "--b", str(tmp_path / "pope_only.json")])
     with pytest.raises(SystemExit):
-        _load().main(["--a", a, a, "--b", a, a, a])
+        load_script("paired_chair").main(["--a", a, a, "--b", a, a, a])

@@ -1,9 +1,7 @@
 """scripts/povid_experiment.py --test-data: every model of every seed captioned once on a test split, and
 same-seed CHAIR_s differences with intervals."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
@@ -11,17 +9,8 @@ from halluremedy.data.scenes import make_dataset
 from halluremedy.eval.seeds import caption_flags
 from halluremedy.models.llava import save_model
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "povid_experiment.py"
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("povid_experiment", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_large_split_differences(tiny_llava_factory, tmp_path):
+def test_large_split_differences(tiny_llava_factory, tmp_path, load_script):
     test = make_dataset(tmp_path / "scenes", "test", 10, seed=7, progress=False)
     paths = {}
     for k, name in enumerate(("base", "s0_stage1", "s0_stage2", "s1_stage1", "s1_stage2")):
@@ -33,7 +22,7 @@ def test_large_split_differences(tiny_llava_factory, tmp_path):
         (out / f"seed{seed}").mkdir(parents=True)
         (out / f"seed{seed}" / "models.json").write_text(json.dumps(
             {"base": paths["base"], "stage1": paths[f"s{seed}_stage1"], "stage2": paths[f"s{seed}_stage2"]}))
-    module = _load()
+    module = load_script("povid_experiment")
     differences = module.large_split_differences(out, [0, 1], test, images=8)
     store = out / "test_test"
     assert sorted(f.name for f in store.iterdir()) == ["base.json", "seed0_stage1.json", "seed0_stage2.json",

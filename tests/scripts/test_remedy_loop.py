@@ -1,6 +1,5 @@
 """scripts/remedy_loop.py end to end at toy sizes: diagnose -> generate -> train -> re-diagnose -> report."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -19,14 +18,8 @@ def _run(*args, cwd):
     return proc.stdout
 
 
-def test_list_flags_take_several_values():
-    spec = importlib.util.spec_from_file_location("remedy_loop", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
+def test_list_flags_take_several_values(load_script):
+    module = load_script("remedy_loop")
     assert module.join_list_flags(["--seeds", "0", "1", "2", "--steps", "5", "--arms", "reflective"]) == [
         "--seeds", "0,1,2", "--steps", "5", "--arms", "reflective"]
     assert module.split_list("0,1 2") == ["0", "1", "2"]
