@@ -141,14 +141,16 @@ class PreferenceBatches:
             raise FileNotFoundError(f"{len(missing)} preference records name images not in the dataset, "
                                     f"e.g. {missing[0]!r}")
         self.encoded = []
+        present_of: dict[str, tuple[int, ...]] = {}  # per image: its records share it
         for k, r in enumerate(records):
             prompt = encoder.prompt_ids(r.prompt, first=True)
             chosen = encoder.response_ids(r.chosen)
             rejected = [encoder.response_ids(x) for x in r.rejected]
             encoder.check_length(len(prompt) + max(len(chosen), *map(len, rejected)), f"record {k} ({r.id})")
-            present = () if present_words is None else \
-                tuple(sorted({t for w in present_words.get(r.image, ()) for t in encoder.response_ids(w)[:-1]}))
-            self.encoded.append(EncodedRecord(r.image, prompt, chosen, rejected, present))
+            if present_words is not None and r.image not in present_of:
+                present_of[r.image] = tuple(sorted({t for w in present_words.get(r.image, ())
+                                                    for t in encoder.response_ids(w)[:-1]}))
+            self.encoded.append(EncodedRecord(r.image, prompt, chosen, rejected, present_of.get(r.image, ())))
         self.has_present_words = present_words is not None
         self.bank, self.batch_size = bank, batch_size
         self.image_token_id = encoder.image_token_id

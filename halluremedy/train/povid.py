@@ -91,8 +91,9 @@ def run_preference_stage(model_dir: str | os.PathLike, records: list[PreferenceR
     model, processor, bank, encoder = _prepare(model_dir, dataset, spec, device)
     if reference == "adapter" and not spec.lora:
         raise ValueError("reference='adapter' needs LoRA; use 'copy' or 'precomputed' for a full fine-tune")
+    needs_words = "present" in objective.noise_position_rules  # only that rule reads them
     batches = PreferenceBatches(records, encoder, bank, spec.batch_size, spec.seed,
-                                present_words=present_words(dataset))
+                                present_words=present_words(dataset) if needs_words else None)
     ref = Reference(reference, model)
     if reference == "precomputed":
         epochs = -(-spec.steps * spec.grad_accum * spec.batch_size // len(records))

@@ -8,6 +8,7 @@ import torch
 from halluremedy.data.conversation import ConversationEncoder
 from halluremedy.data.images import ImageBank
 from halluremedy.data.preference import PreferenceRecord
+from halluremedy.models.llava import save_model
 from halluremedy.models.lora import add_lora
 from halluremedy.train.dpo import (
     PreferenceBatches,
@@ -22,7 +23,7 @@ from halluremedy.train.dpo import (
     reference_logps,
     score_batch,
 )
-from halluremedy.train.povid import present_words
+from halluremedy.train.povid import TuningSpec, present_words, run_preference_stage
 
 PROMPT = "Describe this image."
 
@@ -129,6 +130,15 @@ def test_present_rule_needs_present_words(tiny_coco, tiny_llava_factory):
     PreferenceObjective(stage=2, noise_positions="seen,novel").check_batches(batches)
     with pytest.raises(ValueError, match="present_words"):
         PreferenceObjective(stage=2, noise_positions="novel,present").check_batches(batches)
+
+
+def test_preference_stage_gives_the_present_rule_its_words(tiny_coco, tiny_llava_factory, tmp_path):
+    model, processor = tiny_llava_factory(5)
+    save_model(model, processor, tmp_path / "base")
+    spec = TuningSpec(steps=1, batch_size=3, lora_r=4, lora_alpha=8)
+    objective = PreferenceObjective(stage=2, noise_positions="seen,novel,present")
+    out = run_preference_stage(tmp_path / "base", _records(tiny_coco), tiny_coco, tmp_path / "stage2", objective, spec)
+    assert (out / "model.safetensors").exists()
 
 
 @pytest.mark.parametrize("bad", ["", "seen,", "novel,all", "unseen"])
