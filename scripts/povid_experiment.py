@@ -41,10 +41,15 @@ COMPARISONS = (("stage1", "sft-control"), ("stage2", "sft-control"), ("stage2", 
 
 
 def markdown(rows: dict[str, dict[str, SeedStats]], columns: list[str], first: str, signed: bool = False) -> str:
+    def cell(stats: SeedStats) -> str:
+        if not signed:
+            return str(stats)
+        text = f"{stats['mean']:+.3f} ± {stats['std']:.3f}"
+        return text + (" [{:+.3f}, {:+.3f}]".format(*stats["interval"]) if "interval" in stats else "")
+
     lines = [f"| {first} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, metrics in rows.items():
-        cells = [(f"{metrics[c]['mean']:+.3f} ± {metrics[c]['std']:.3f}" if signed else str(metrics[c]))
-                 if c in metrics else "" for c in columns]
+        cells = [cell(metrics[c]) if c in metrics else "" for c in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -92,17 +97,11 @@ def large_split_differences(out: Path, seeds: list[int], test: CocoDataset, imag
 
 
 def interval_markdown(differences: dict) -> str:
-    decodings = list(differences)
-    lines = ["| paired difference | " + " | ".join(f"CHAIR_s/{d}" for d in decodings) + " |",
-             "|---" * (len(decodings) + 1) + "|"]
-    for name in differences[decodings[0]]:
-        cells = []
-        for d in decodings:
-            stats = differences[d][name]
-            lo, hi = stats["interval"]
-            cells.append(f"{stats['per_seed']['mean']:+.3f} ± {stats['per_seed']['std']:.3f} [{lo:+.3f}, {hi:+.3f}]")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """``large_split_differences``' result as a table: mean ± std over seeds [interval] per decoding."""
+    columns = [f"CHAIR_s/{d}" for d in differences]
+    rows = {name: {f"CHAIR_s/{d}": SeedStats(stats[name]["per_seed"], interval=stats[name]["interval"])
+                   for d, stats in differences.items()} for name in next(iter(differences.values()))}
+    return markdown(rows, columns, "paired difference", signed=True)
 
 
 def main() -> None:
