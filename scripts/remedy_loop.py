@@ -62,6 +62,7 @@ from halluremedy.eval.run import EvalConfig, evaluate, summary_row
 from halluremedy.generate.targeted import (
     CLASS_SCORES,
     PAIR_EDITS,
+    InstructionMix,
     TargetWeights,
     instruction_conversations,
     sample_questions,
@@ -118,6 +119,9 @@ class RemedyConfig:
     class_score: str = option("hallucination", "the diagnosed class score the targeted arms aim at: hallucination "
                               "(named while absent) | error (also missed while present, so a class the model cannot "
                               "see and calls something else is aimed at too)")
+    class_balance: bool = option(False, "SFT arms: ask about every class as often present as absent, and caption images "
+                                 "holding and lacking a drawn class equally (targeting moves which classes and images, "
+                                 "not a class's answer prior)")
     reflective_weights: str = option("targeted", "questions of the reflective arms: targeted | uniform")
     fresh_scenes: int = option(0, "scene world only: draw each arm's data from this many newly rendered scenes whose "
                                   "classes follow the arm's weights (0: from the training split)")
@@ -193,7 +197,8 @@ def arm_data(arm: str, train: CocoDataset, weights: TargetWeights, cfg: RemedyCo
     ``weights``; also written to ``out``."""
     n = cfg.records
     if arm.endswith("-sft"):
-        conversations = instruction_conversations(sample_questions(train, weights, n, seed=seed))
+        mix = InstructionMix(class_balance=cfg.class_balance)
+        conversations = instruction_conversations(sample_questions(train, weights, n, seed=seed, mix=mix))
         write_instructions(out / "data.jsonl", conversations)
         return "sft", conversations
     if arm.endswith("-dpo"):

@@ -161,7 +161,14 @@ class InstructionMix:
     """Shares of each question kind (normalised), and of absent-existence questions asked on an
     image holding a sampled trigger. The defaults balance Yes and No (attribute and relation
     questions are true or false with probability 1/2), so no arm can win POPE by shifting its
-    answer prior alone."""
+    answer prior alone.
+
+    ``class_balance`` balances them per class too: an absent-existence question draws its class
+    from the class weights, as a present one does, and a trigger only picks the image it is asked
+    on (one holding a class that makes the model say it), so every class is asked about as often
+    present as absent; a caption describes an image holding a drawn class half of the time and one
+    lacking it (as a negative would) otherwise. Targeting then moves which classes and images the
+    data is about, never a class's answer prior."""
 
     existence_absent: float = 0.3
     existence_present: float = 0.3
@@ -169,6 +176,7 @@ class InstructionMix:
     relation: float = 0.1
     caption: float = 0.15
     trigger_share: float = 0.6
+    class_balance: bool = False
 
     def counts(self, n: int) -> dict[str, int]:
         """Exactly ``n`` records split by share (largest remainder, ties in QUESTION_KINDS order)."""
@@ -251,6 +259,10 @@ class _Sampler:
         pairs = weights.triggers if pairs is None else pairs
         self.trigger_keys = [t for t in pairs if t[0] in self.with_class and t[1] in self.with_class]
         self.trigger_p = np.array([pairs[t] for t in self.trigger_keys])
+        self.triggers_of: dict[str, tuple[list[str], np.ndarray]] = {}  # b -> (its triggers a, their weights)
+        for (a, b), w in zip(self.trigger_keys, self.trigger_p):
+            present, p = self.triggers_of.get(b, ([], np.zeros(0)))
+            self.triggers_of[b] = (present + [a], np.append(p, w))
         self.values = {a: sorted({o.attributes[a] for im in self.images for o in im.objects if a in o.attributes})
                        for a in _ATTRIBUTES}
         self._pair_images: dict[tuple[str, str], list[int]] = {}
@@ -262,20 +274,30 @@ class _Sampler:
         return pool[rng.integers(len(pool))] if pool else None
 
     def _negative_target(self, rng) -> tuple[CocoImage, str, CocoObject | None] | None:
-        """(image, absent class, trigger object or None), the way negatives and captions aim."""
-        if self.trigger_keys and rng.random() < self.mix.trigger_share:
+        """(image, absent class, trigger object or None), the way negatives and captions aim: with
+        probability ``mix.trigger_share`` on an image holding the present side of a trigger pair.
+        Unbalanced, the pair is drawn by its weight; with ``mix.class_balance`` the absent class is
+        drawn from the class weights first and its trigger from that class's pairs."""
+        a = None
+        aimed = self.trigger_keys and rng.random() < self.mix.trigger_share
+        if aimed and not self.mix.class_balance:
             a, b = self.trigger_keys[rng.choice(len(self.trigger_keys), p=self.trigger_p / self.trigger_p.sum())]
-            if (a, b) not in self._pair_images:
-                absent = set(self.without_class[b])
-                self._pair_images[a, b] = [k for k in self.with_class[a] if k in absent]
-            k = self._pick(self._pair_images[a, b], rng)
-            if k is None:
-                return None
-            image = self.images[k]
-            return image, b, self._pick([o for o in image.objects if o.category == a], rng)
-        b = self._class(rng)
-        k = self._pick(self.without_class[b], rng)
-        return None if k is None else (self.images[k], b, None)
+        else:
+            b = self._class(rng)
+            if aimed and b in self.triggers_of:
+                present, p = self.triggers_of[b]
+                a = present[rng.choice(len(present), p=p / p.sum())]
+        if a is None:
+            k = self._pick(self.without_class[b], rng)
+            return None if k is None else (self.images[k], b, None)
+        if (a, b) not in self._pair_images:
+            absent = set(self.without_class[b])
+            self._pair_images[a, b] = [k for k in self.with_class[a] if k in absent]
+        k = self._pick(self._pair_images[a, b], rng)
+        if k is None:
+            return None
+        image = self.images[k]
+        return image, b, self._pick([o for o in image.objects if o.category == a], rng)
 
     def draw(self, kind: QuestionKind, rng, qid: str) -> GroundedQuestion | None:
         if kind == "existence_absent":
@@ -285,10 +307,13 @@ class _Sampler:
             image, b, trigger = found
             return GroundedQuestion(qid, kind, image, pope_question(b) + POPE_SUFFIX, "No", b, trigger=trigger)
         if kind == "caption":
-            found = self._negative_target(rng)
-            if found is None:
+            if self.mix.class_balance and rng.random() < 0.5:
+                k = self._pick(self.with_class[self._class(rng)], rng)
+                image = None if k is None else self.images[k]
+            else:
+                image = (self._negative_target(rng) or (None,))[0]
+            if image is None:
                 return None
-            image = found[0]
             faithful = [k for k, c in enumerate(image.captions)
                         if {m.category for m in self.vocab.extract_mentions(c)} <= image.categories]
             k = self._pick(faithful, rng)

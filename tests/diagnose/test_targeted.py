@@ -122,6 +122,30 @@ def test_targeting_concentrates_on_the_diagnosed_classes(scenes):
     assert len({q.category for q in uniform if q.category}) >= 6
 
 
+def test_class_balance_asks_every_class_as_often_present_as_absent(scenes):
+    # the trigger table names crescent's trigger star but no trigger of square: unbalanced, the
+    # absent questions follow the trigger table and square is asked about present only
+    aimed = TargetWeights("targeted", {"crescent": 0.5, "square": 0.5}, {("star", "crescent"): 1.0})
+
+    def present_and_absent(mix: InstructionMix) -> tuple[Counter, Counter, list]:
+        questions = sample_questions(scenes, aimed, 400, seed=0, mix=mix)
+        kinds = {k: Counter(q.category for q in questions if q.kind == k) for k in ("existence_present", "existence_absent")}
+        return kinds["existence_present"], kinds["existence_absent"], questions
+
+    present, absent, _ = present_and_absent(InstructionMix(trigger_share=1.0))
+    assert present["square"] > 40 and absent["square"] == 0
+    present, absent, questions = present_and_absent(InstructionMix(trigger_share=1.0, class_balance=True))
+    for c in ("crescent", "square"):
+        assert abs(present[c] - absent[c]) <= 0.3 * present[c], (c, present[c], absent[c])
+    for q in questions:
+        if q.kind == "existence_absent":  # crescent negatives stay on images holding its trigger
+            assert q.category not in q.image.categories
+            assert (q.trigger.category == "star") if q.category == "crescent" else (q.trigger is None)
+    captions = [q for q in questions if q.kind == "caption"]
+    holding = sum(bool({"crescent", "square"} & q.image.categories) for q in captions)
+    assert 0.55 * len(captions) < holding < len(captions), (holding, len(captions))
+
+
 def test_words_are_all_in_the_scene_model_vocabulary(scenes):
     known = {w for t in scene_model_texts() for w in split_words(t.replace("<image>", " "))}
     questions = sample_questions(scenes, TargetWeights.uniform(scenes.categories), 300, seed=0)
