@@ -29,7 +29,7 @@ from pathlib import Path
 
 from halluremedy.data.coco import CocoDataset, write_json_atomic
 from halluremedy.eval.run import EvalConfig, column_order, evaluate, summary_row
-from halluremedy.eval.seeds import SeedStats, aggregate, caption_flags, paired_chair_s, paired_differences
+from halluremedy.eval.seeds import SeedStats, aggregate, caption_flags, paired_chair_s, paired_differences, signed_text
 from halluremedy.models.generate import Decoding
 from halluremedy.models.llava import load_model
 
@@ -42,10 +42,7 @@ COMPARISONS = (("stage1", "sft-control"), ("stage2", "sft-control"), ("stage2", 
 
 def markdown(rows: dict[str, dict[str, SeedStats]], columns: list[str], first: str, signed: bool = False) -> str:
     def cell(stats: SeedStats) -> str:
-        if not signed:
-            return str(stats)
-        text = f"{stats['mean']:+.3f} ± {stats['std']:.3f}"
-        return text + (" [{:+.3f}, {:+.3f}]".format(*stats["interval"]) if "interval" in stats else "")
+        return signed_text(stats) if signed else str(stats)
 
     lines = [f"| {first} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, metrics in rows.items():

@@ -59,6 +59,7 @@ from halluremedy.diagnose import (
     write_report,
 )
 from halluremedy.eval.run import EvalConfig, evaluate, summary_row
+from halluremedy.eval.seeds import caption_flags, paired_chair_s
 from halluremedy.generate.targeted import (
     CLASS_SCORES,
     PAIR_EDITS,
@@ -126,6 +127,11 @@ class RemedyConfig:
     fresh_scenes: int = option(0, "scene world only: draw each arm's data from this many newly rendered scenes whose "
                                   "classes follow the arm's weights (0: from the training split)")
     eval_images: int = option(200, "held-out images for CHAIR and for POPE")
+    test_data: str = option("", "COCO-format root of a large test split: caption it greedily with the base and every "
+                            "arm and report same-seed CHAIR_s differences with an interval over seeds and images "
+                            "(empty: skip)")
+    test_split: str = option("test", "split of --test-data")
+    test_images: int = option(0, "test-split images captioned (0: all)")
     rediagnose: bool = option(True, "re-diagnose every trained arm on the diagnosis split")
     device: str = option("cpu", "cpu | cuda")
     resume: bool = option(True, "reuse finished diagnoses, arms and evaluations")
@@ -160,16 +166,21 @@ def diagnosed(model_dir: Path, dataset: CocoDataset, probe: ProbeConfig, out: Pa
     return result
 
 
+def evaluation(model_dir: Path, data: CocoDataset, eval_cfg: EvalConfig, path: Path, cfg: RemedyConfig) -> dict:
+    """``evaluate``'s result for the model on ``data``, kept at ``path`` (reused with ``--resume``)."""
+    if cfg.resume and path.exists():
+        return json.loads(path.read_text())
+    model, processor = load_model(model_dir, device=cfg.device)
+    result = evaluate(model, processor, data, eval_cfg)
+    write_json_atomic(path, result, indent=2)
+    return result
+
+
 def evaluated(model_dir: Path, heldout: CocoDataset, eval_cfg: EvalConfig, path: Path, worst: list[str],
               cfg: RemedyConfig) -> dict[str, float]:
     """Headline numbers on the held-out split, plus ``diagnosed/CHAIR_s``: captions hallucinating
     one of the base's ``worst`` classes."""
-    if cfg.resume and path.exists():
-        result = json.loads(path.read_text())
-    else:
-        model, processor = load_model(model_dir, device=cfg.device)
-        result = evaluate(model, processor, heldout, eval_cfg)
-        write_json_atomic(path, result, indent=2)
+    result = evaluation(model_dir, heldout, eval_cfg, path, cfg)
     row = summary_row(result)
     captions = result["chair"]["greedy"]["per_caption"]
     row["diagnosed/CHAIR_s"] = sum(any(m["category"] in worst for m in c["hallucinated"]) for c in captions) / len(captions)
@@ -258,6 +269,12 @@ def main(argv: list[str] | None = None) -> None:
     eval_cfg = EvalConfig(chair_images=cfg.eval_images, pope_images=cfg.eval_images, seed=0, progress=False)
     rows: dict[str, list[dict[str, float]]] = {"base": [evaluated(base_dir, heldout, eval_cfg, out / "base_eval.json",
                                                                   worst, cfg)]}
+    if cfg.test_data:  # greedy captions of the large test split: image_id -> hallucinated, per arm and seed
+        test = CocoDataset.load(cfg.test_data, cfg.test_split)
+        test_cfg = EvalConfig(chair_images=cfg.test_images or len(test), pope_images=0, pope_settings=(), seed=0,
+                              progress=False)
+        test_name = f"test_{cfg.test_split}.json"
+        flags = {"base": [caption_flags(evaluation(base_dir, test, test_cfg, out / f"base_{test_name}", cfg))]}
     after: dict[str, list[Diagnosis]] = {}
     spec = TuningSpec(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, lora=cfg.lora, lora_r=cfg.lora_r,
                       lora_alpha=cfg.lora_alpha)
@@ -282,6 +299,9 @@ def main(argv: list[str] | None = None) -> None:
                 model_dir = run_preference_stage(base_dir, data, source, run_dir, objective,
                                                  replace(arm_spec, lr=cfg.dpo_lr), device=cfg.device, resume=cfg.resume)
             rows.setdefault(arm, []).append(evaluated(model_dir, heldout, eval_cfg, run_dir / "eval.json", worst, cfg))
+            if cfg.test_data:
+                flags.setdefault(arm, []).append(caption_flags(evaluation(model_dir, test, test_cfg,
+                                                                          run_dir / test_name, cfg)))
             if cfg.rediagnose:
                 after.setdefault(arm, []).append(diagnosed(model_dir, diag, probe, run_dir / "diagnosis",
                                                            f"{arm} seed {seed}", cfg))
@@ -295,8 +315,14 @@ def main(argv: list[str] | None = None) -> None:
              (f"held-out: {cfg.eval_images} images of {heldout.root}:{heldout.split}; diagnosis: {cfg.diag_images} "
              f"images of {diag.root}:{diag.split}"),
              f"diagnosed/CHAIR_s: held-out captions hallucinating one of the base's worst classes {worst}"]
+    test_differences = None
+    if cfg.test_data:
+        flags["base"] *= len(seeds)  # the base is one model: every seed's arm is compared with it
+        pairs = [(a, b) for a, b in COMPARISONS if a in arms and b in arms] + [(a, "base") for a in arms]
+        test_differences = {f"{a} - {b}": paired_chair_s(flags[a], flags[b]) for a, b in pairs}
     paths = write_comparison(before, after, rows, out, comparisons=COMPARISONS, columns=COLUMNS, notes=notes,
-                             extra={"config": asdict(cfg), "worst_classes": worst})
+                             extra={"config": asdict(cfg), "worst_classes": worst}, test_differences=test_differences,
+                             test_label=f"{cfg.test_data}:{cfg.test_split}")
     print(paths["markdown"].read_text())
 
 

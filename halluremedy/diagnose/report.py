@@ -21,7 +21,7 @@ import numpy as np
 
 from halluremedy.data.coco import write_json_atomic
 from halluremedy.diagnose.probes import Diagnosis
-from halluremedy.eval.seeds import aggregate, mean_spread, paired_differences
+from halluremedy.eval.seeds import aggregate, mean_spread, paired_differences, signed_text
 
 __all__ = ["worst_classes_figure", "write_comparison", "write_report"]
 
@@ -150,13 +150,15 @@ def write_report(diagnosis: Diagnosis, out_dir: str | os.PathLike, *, top: int =
 def write_comparison(before: Diagnosis, after: Mapping[str, Sequence[Diagnosis]],
                      eval_rows: Mapping[str, Sequence[Mapping[str, float]]], out_dir: str | os.PathLike, *,
                      comparisons: Sequence[tuple[str, str]] = (), columns: Sequence[str] = (),
-                     notes: Sequence[str] = (), extra: Mapping | None = None, top: int = 10) -> dict[str, Path]:
+                     notes: Sequence[str] = (), extra: Mapping | None = None, top: int = 10,
+                     test_differences: Mapping[str, Mapping] | None = None, test_label: str = "") -> dict[str, Path]:
     """The loop's before/after report.
 
     ``after[arm]``: the arm's re-diagnoses (one per seed); ``eval_rows[arm]``: its held-out
     evaluation rows (one per seed; ``"base"`` may be among the arms, with one row). ``comparisons``:
     (arm, arm) pairs to set side by side with the per-seed differences; ``columns``: which metrics
-    the tables show (all, when empty).
+    the tables show (all, when empty). ``test_differences``: ``"A - B"`` -> ``paired_chair_s``
+    statistics on a large test split (``test_label`` names it), reported with their intervals.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,6 +189,13 @@ def write_comparison(before: Diagnosis, after: Mapping[str, Sequence[Diagnosis]]
         for name, stats in diffs.items():
             lines.append(f"| {name} | " + " | ".join(f"{stats[c]['mean']:+.3f} ± {stats[c]['std']:.3f}"
                                                      if c in stats else "" for c in cols) + " |")
+    if test_differences:
+        lines += ["", f"## Greedy CHAIR_s on {test_label}: same-seed differences", "",
+                  "mean ± std over seeds [95% interval, bootstrapping seeds and images together]", "",
+                  "| comparison | CHAIR_s | images |", "|---|---|---|"]
+        for name, stats in test_differences.items():
+            lines.append(f"| {name} | {signed_text({**stats['per_seed'], 'interval': stats['interval']})} | "
+                         f"{stats['images']} |")
     dcols = ["diag/mean_hallucination_rate", "diag/probe_fp_rate", "diag/chair_i"] + \
         [f"diag/hallucination/{c}" for c in worst[:5]]
     lines += ["", "## Re-diagnosis on the diagnosis split (hallucination rates; base = before)", "",
@@ -200,6 +209,8 @@ def write_comparison(before: Diagnosis, after: Mapping[str, Sequence[Diagnosis]]
     _before_after_figure(before, after, worst, out / "before_after.png")
     write_json_atomic(out / "results.json", {"held_out": held, "paired_differences": diffs, "rediagnosis": diag,
                                              "per_seed": {arm: list(rows) for arm, rows in eval_rows.items()},
+                                             **({"test": {"split": test_label, "differences": test_differences}}
+                                                if test_differences else {}),
                                              **(dict(extra) if extra else {})}, indent=2)
     return {"markdown": out / "report.md", "chart": out / "before_after.png", "json": out / "results.json"}
 

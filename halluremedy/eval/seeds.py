@@ -24,6 +24,13 @@ class SeedStats(dict):
         return f"{self['mean']:.3f} ± {self['std']:.3f}"
 
 
+def signed_text(stats: Mapping) -> str:
+    """``"+0.012 ± 0.004"`` for a difference's ``mean``/``std``, then ``" [-0.001, +0.020]"`` when it
+    carries an ``interval``."""
+    text = f"{stats['mean']:+.3f} ± {stats['std']:.3f}"
+    return text + (" [{:+.3f}, {:+.3f}]".format(*stats["interval"]) if "interval" in stats else "")
+
+
 def mean_spread(values: Sequence[float]) -> SeedStats:
     """Mean and sample standard deviation (0 for a single value), with min, max and the values."""
     v = [float(x) for x in values]

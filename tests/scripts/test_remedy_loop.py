@@ -64,7 +64,8 @@ def test_remedy_loop_end_to_end(tmp_path):
     # --fresh-scenes: each arm draws from newly rendered scenes, classes by its own weights
     fresh = [a if a != "d/remedy" else "d/fresh" for a in common]
     _run(*fresh, "--seeds", "0", "--arms", "targeted-sft", "untargeted-sft", "--fresh-scenes", "24", "--no-rediagnose",
-         "--class-score", "error", cwd=tmp_path)
+         "--class-score", "error", "--class-balance", "--test-data", "d/scenes", "--test-split", "val", "--test-images", "10",
+         cwd=tmp_path)
     scenes = tmp_path / "d" / "fresh" / "seed0" / "scenes"
     for arm, split in (("targeted-sft", "fresh_targeted"), ("untargeted-sft", "fresh_uniform")):
         assert len(list((scenes / split).glob("*.png"))) == 24
@@ -76,6 +77,18 @@ def test_remedy_loop_end_to_end(tmp_path):
     diagnosis = json.loads((tmp_path / "d" / "fresh" / "diagnosis" / "base" / "diagnosis.json").read_text())
     aimed = {c: stats["error_rate"] + 0.02 for c, stats in diagnosis["classes"].items()}
     assert weights["targeted"]["classes"] == pytest.approx({c: v / sum(aimed.values()) for c, v in aimed.items()})
+    # --test-data: every model captions the test split once; same-seed differences with intervals
+    results = json.loads((tmp_path / "d" / "fresh" / "results.json").read_text())
+    differences = results["test"]["differences"]
+    assert set(differences) == {"targeted-sft - untargeted-sft", "targeted-sft - base", "untargeted-sft - base"}
+    captions = {arm: json.loads((tmp_path / "d" / "fresh" / "seed0" / arm / "test_val.json").read_text())
+                ["chair"]["greedy"]["per_caption"] for arm in ("targeted-sft", "untargeted-sft")}
+    flags = {arm: sum(bool(c["hallucinated"]) for c in per) / len(per) for arm, per in captions.items()}
+    stats = differences["targeted-sft - untargeted-sft"]
+    assert stats["images"] == 10 and len(captions["targeted-sft"]) == 10
+    assert stats["per_seed"]["mean"] == pytest.approx(flags["targeted-sft"] - flags["untargeted-sft"])
+    assert stats["interval"][0] <= stats["per_seed"]["mean"] <= stats["interval"][1]
+    assert "Greedy CHAIR_s on d/scenes:val" in (tmp_path / "d" / "fresh" / "report.md").read_text()
 
 
 def test_help_names_the_protocol_options(tmp_path):
