@@ -61,6 +61,7 @@ from halluremedy.diagnose import (
     write_comparison,
     write_report,
 )
+from halluremedy.eval.chair import class_row
 from halluremedy.eval.run import EvalConfig, evaluate, summary_row
 from halluremedy.eval.seeds import caption_flags, paired_chair_s
 from halluremedy.generate.targeted import (
@@ -182,12 +183,12 @@ def evaluation(model_dir: Path, data: CocoDataset, eval_cfg: EvalConfig, path: P
 def evaluated(model_dir: Path, heldout: CocoDataset, eval_cfg: EvalConfig, path: Path, worst: list[str],
               cfg: RemedyConfig) -> dict[str, float]:
     """Headline numbers on the held-out split, plus ``diagnosed/CHAIR_s``: captions hallucinating
-    one of the base's ``worst`` classes."""
+    one of the base's ``worst`` classes, and the greedy captions' ``class_row``."""
     result = evaluation(model_dir, heldout, eval_cfg, path, cfg)
     row = summary_row(result)
     captions = result["chair"]["greedy"]["per_caption"]
     row["diagnosed/CHAIR_s"] = sum(any(m["category"] in worst for m in c["hallucinated"]) for c in captions) / len(captions)
-    return row
+    return {**row, **class_row(captions)}
 
 
 def arm_weights(arm: str, cfg: RemedyConfig) -> str:
@@ -277,7 +278,9 @@ def main(argv: list[str] | None = None) -> None:
         test_cfg = EvalConfig(chair_images=cfg.test_images or len(test), pope_images=0, pope_settings=(), seed=0,
                               progress=False)
         test_name = f"test_{cfg.test_split}.json"
-        flags = {"base": [caption_flags(evaluation(base_dir, test, test_cfg, out / f"base_{test_name}", cfg))]}
+        base_test = evaluation(base_dir, test, test_cfg, out / f"base_{test_name}", cfg)
+        flags = {"base": [caption_flags(base_test)]}
+        test_classes = {"base": [class_row(base_test["chair"]["greedy"]["per_caption"])]}
     after: dict[str, list[Diagnosis]] = {}
     spec = TuningSpec(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, lora=cfg.lora, lora_r=cfg.lora_r,
                       lora_alpha=cfg.lora_alpha)
@@ -303,8 +306,9 @@ def main(argv: list[str] | None = None) -> None:
                                                  replace(arm_spec, lr=cfg.dpo_lr), device=cfg.device, resume=cfg.resume)
             rows.setdefault(arm, []).append(evaluated(model_dir, heldout, eval_cfg, run_dir / "eval.json", worst, cfg))
             if cfg.test_data:
-                flags.setdefault(arm, []).append(caption_flags(evaluation(model_dir, test, test_cfg,
-                                                                          run_dir / test_name, cfg)))
+                arm_test = evaluation(model_dir, test, test_cfg, run_dir / test_name, cfg)
+                flags.setdefault(arm, []).append(caption_flags(arm_test))
+                test_classes.setdefault(arm, []).append(class_row(arm_test["chair"]["greedy"]["per_caption"]))
             if cfg.rediagnose:
                 after.setdefault(arm, []).append(diagnosed(model_dir, diag, probe, run_dir / "diagnosis",
                                                            f"{arm} seed {seed}", cfg))
@@ -325,7 +329,10 @@ def main(argv: list[str] | None = None) -> None:
         test_differences = {f"{a} - {b}": paired_chair_s(flags[a], flags[b]) for a, b in pairs}
     paths = write_comparison(before, after, rows, out, comparisons=COMPARISONS, columns=COLUMNS, notes=notes,
                              extra={"config": asdict(cfg), "worst_classes": worst}, test_differences=test_differences,
-                             test_label=f"{cfg.test_data}:{cfg.test_split}")
+                             test_label=f"{cfg.test_data}:{cfg.test_split}",
+                             class_rows=test_classes if cfg.test_data else rows,
+                             class_label=f"{cfg.test_data}:{cfg.test_split}" if cfg.test_data else
+                             f"{heldout.root}:{heldout.split}")
     print(paths["markdown"].read_text())
 
 

@@ -151,7 +151,9 @@ def write_comparison(before: Diagnosis, after: Mapping[str, Sequence[Diagnosis]]
                      eval_rows: Mapping[str, Sequence[Mapping[str, float]]], out_dir: str | os.PathLike, *,
                      comparisons: Sequence[tuple[str, str]] = (), columns: Sequence[str] = (),
                      notes: Sequence[str] = (), extra: Mapping | None = None, top: int = 10,
-                     test_differences: Mapping[str, Mapping] | None = None, test_label: str = "") -> dict[str, Path]:
+                     test_differences: Mapping[str, Mapping] | None = None, test_label: str = "",
+                     class_rows: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
+                     class_label: str = "") -> dict[str, Path]:
     """The loop's before/after report.
 
     ``after[arm]``: the arm's re-diagnoses (one per seed); ``eval_rows[arm]``: its held-out
@@ -159,6 +161,8 @@ def write_comparison(before: Diagnosis, after: Mapping[str, Sequence[Diagnosis]]
     (arm, arm) pairs to set side by side with the per-seed differences; ``columns``: which metrics
     the tables show (all, when empty). ``test_differences``: ``"A - B"`` -> ``paired_chair_s``
     statistics on a large test split (``test_label`` names it), reported with their intervals.
+    ``class_rows[arm]``: ``class_row`` figures per seed on the captions ``class_label`` names, tabled
+    per class (mean over seeds): which classes each arm over-names and which it stops seeing.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,6 +200,9 @@ def write_comparison(before: Diagnosis, after: Mapping[str, Sequence[Diagnosis]]
         for name, stats in test_differences.items():
             lines.append(f"| {name} | {signed_text({**stats['per_seed'], 'interval': stats['interval']})} | "
                          f"{stats['images']} |")
+    by_class = {arm: aggregate(rows) for arm, rows in (class_rows or {}).items() if rows}
+    if by_class:
+        lines += _class_tables(by_class, class_label)
     dcols = ["diag/mean_hallucination_rate", "diag/probe_fp_rate", "diag/chair_i"] + \
         [f"diag/hallucination/{c}" for c in worst[:5]]
     lines += ["", "## Re-diagnosis on the diagnosis split (hallucination rates; base = before)", "",
@@ -211,8 +218,28 @@ def write_comparison(before: Diagnosis, after: Mapping[str, Sequence[Diagnosis]]
                                              "per_seed": {arm: list(rows) for arm, rows in eval_rows.items()},
                                              **({"test": {"split": test_label, "differences": test_differences}}
                                                 if test_differences else {}),
+                                             **({"by_class": {"split": class_label, "arms": by_class}} if by_class else {}),
                                              **(dict(extra) if extra else {})}, indent=2)
     return {"markdown": out / "report.md", "chart": out / "before_after.png", "json": out / "results.json"}
+
+
+def _class_tables(stats: Mapping[str, Mapping[str, Mapping]], label: str) -> list[str]:
+    """Markdown: hallucinated mentions per 1000 captions and recall, one column per class (classes
+    by the first arm's hallucinated mentions, most first), one row per arm."""
+    first = next(iter(stats.values()))
+    classes = sorted(sorted({k.split("/")[1] for arm in stats.values() for k in arm if k.startswith("class/")}),
+                     key=lambda c: -first.get(f"class/{c}/hallucinated", {"mean": 0.0})["mean"])
+    lines = []
+    for key, title, scale, fmt in (("hallucinated", "hallucinated mentions per 1000 captions", 1000, "{:.0f}"),
+                                   ("recall", "recall (share of the images holding the class that name it)", 1,
+                                    "{:.2f}")):
+        lines += ["", f"## By class on {label}: {title} (mean over seeds)", "",
+                  "| arm | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+        for arm, row in stats.items():
+            cells = [fmt.format(scale * row[f"class/{c}/{key}"]["mean"]) if f"class/{c}/{key}" in row else ""
+                     for c in classes]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _before_after_figure(before: Diagnosis, after: Mapping[str, Sequence[Diagnosis]], classes: Sequence[str],

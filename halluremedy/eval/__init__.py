@@ -4,7 +4,15 @@ Pure functions over text and COCO-format annotations; no model code. See :mod:`.
 :mod:`.pope` for the exact definitions.
 """
 
-from halluremedy.eval.chair import CaptionChair, ChairResult, Mention, ObjectVocabulary, chair, ground_truth_objects
+from halluremedy.eval.chair import (
+    CaptionChair,
+    ChairResult,
+    Mention,
+    ObjectVocabulary,
+    chair,
+    class_row,
+    ground_truth_objects,
+)
 from halluremedy.eval.pope import POPE_SETTINGS, PopeQuestion, build_pope, parse_pope_answer, pope_metrics
 from halluremedy.eval.text import singularize, tokenize
 
@@ -17,6 +25,7 @@ __all__ = [
     "PopeQuestion",
     "build_pope",
     "chair",
+    "class_row",
     "ground_truth_objects",
     "parse_pope_answer",
     "pope_metrics",

@@ -30,7 +30,7 @@ from halluremedy.data.coco import CocoImage
 from halluremedy.eval.coco_synonyms import COCO_CLASSES, COCO_EXCLUSIONS, coco_phrase_table
 from halluremedy.eval.text import is_word, singularize, tokenize
 
-__all__ = ["CaptionChair", "ChairResult", "Mention", "ObjectVocabulary", "chair", "ground_truth_objects"]
+__all__ = ["CaptionChair", "ChairResult", "Mention", "ObjectVocabulary", "chair", "class_row", "ground_truth_objects"]
 
 
 @dataclass(frozen=True)
@@ -233,3 +233,26 @@ def chair(captions: Mapping[int, str], ground_truth: Mapping[int, set[str]], voc
         n_ground_truth_mentioned=n_ground_truth_mentioned,
         per_caption=tuple(per_caption),
     )
+
+
+def class_row(per_caption: Sequence[Mapping]) -> dict[str, float]:
+    """Per-class CHAIR figures from ``ChairResult.to_dict()["per_caption"]``, flat as metric rows are:
+    ``class/{c}/hallucinated``: mentions of class c in captions of images without it, per caption (a
+    class the model over-names after training shows here first); ``class/{c}/recall``: share of the
+    images holding c whose caption names it (no key for a class no image holds)."""
+    if not per_caption:
+        raise ValueError("class_row: no captions")
+    hallucinated: dict[str, int] = {}
+    held: dict[str, int] = {}
+    named: dict[str, int] = {}
+    for c in per_caption:
+        for m in c["hallucinated"]:
+            hallucinated[m["category"]] = hallucinated.get(m["category"], 0) + 1
+        said = {m["category"] for m in c["mentions"]}
+        for g in c["ground_truth"]:
+            held[g] = held.get(g, 0) + 1
+            named[g] = named.get(g, 0) + (g in said)
+    row = {f"class/{k}/hallucinated": hallucinated.get(k, 0) / len(per_caption)
+           for k in sorted(set(hallucinated) | set(held))}
+    row.update({f"class/{k}/recall": named[k] / held[k] for k in sorted(held)})
+    return row

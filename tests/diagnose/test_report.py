@@ -48,3 +48,20 @@ def test_write_comparison_tables_arms_and_paired_differences(diagnosis, tmp_path
     assert results["rediagnosis"]["base"]["diag/hallucination/moon"]["mean"] == pytest.approx(
         diagnosis.classes["moon"].hallucination_rate)
     assert paths["chart"].stat().st_size > 1000
+
+
+def test_write_comparison_tables_classes_over_seeds(diagnosis, tmp_path):
+    rows = {"base": [{"CHAIR_s/greedy": 0.5}], "a": [{"CHAIR_s/greedy": 0.4}]}
+    classes = {"base": [{"class/moon/hallucinated": 0.1, "class/star/hallucinated": 0.3, "class/star/recall": 0.5}],
+               "a": [{"class/moon/hallucinated": 0.2, "class/star/hallucinated": 0.0, "class/star/recall": 0.25},
+                     {"class/moon/hallucinated": 0.4, "class/star/hallucinated": 0.1, "class/star/recall": 0.75}]}
+    paths = write_comparison(diagnosis, {}, rows, tmp_path, class_rows=classes, class_label="t:test")
+    text = paths["markdown"].read_text()
+    # classes ordered by the base's hallucinated mentions (star first); cells are means over seeds
+    assert "## By class on t:test: hallucinated mentions per 1000 captions (mean over seeds)" in text
+    assert "| arm | star | moon |" in text and "| base | 300 | 100 |" in text and "| a | 50 | 300 |" in text
+    assert "| base | 0.50 |  |" in text and "| a | 0.50 |  |" in text
+    results = json.loads(paths["json"].read_text())
+    assert results["by_class"]["split"] == "t:test"
+    assert results["by_class"]["arms"]["a"]["class/moon/hallucinated"]["values"] == [0.2, 0.4]
+    assert "By class" not in write_comparison(diagnosis, {}, rows, tmp_path / "none")["markdown"].read_text()

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from halluremedy.data.coco import CocoDataset, write_coco
-from halluremedy.eval.chair import Mention, ObjectVocabulary, chair, ground_truth_objects
+from halluremedy.eval.chair import Mention, ObjectVocabulary, chair, class_row, ground_truth_objects
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +222,18 @@ def test_surface_forms_are_every_phrase_lookup_maps_to_the_class(coco):
     assert "train track" not in coco.surface_forms("train")  # a dropped phrase names no class
     scene = ObjectVocabulary.from_synonyms({"cross": ["cross", "plus sign"], "ring": ["hoop"]})
     assert scene.surface_forms("cross") == ["cross", "plus sign"] and scene.surface_forms("ring") == ["hoop", "ring"]
+
+
+def test_class_row_counts_hallucinated_mentions_per_caption_and_recall_per_class(coco):
+    captions = {1: "A dog and a dog beside a cat.", 2: "A cat on a bench.", 3: "A bench.", 4: "Nothing here."}
+    truth = {1: {"cat"}, 2: {"cat", "bench"}, 3: {"dog", "bench"}, 4: {"dog"}}
+    per_caption = chair(captions, truth, coco).to_dict()["per_caption"]
+    row = class_row(per_caption)
+    # dog: 2 mentions on image 1 (absent there); named on none of images 3 and 4 that hold it
+    assert row == pytest.approx({"class/dog/hallucinated": 2 / 4, "class/cat/hallucinated": 0.0,
+                                 "class/bench/hallucinated": 0.0, "class/dog/recall": 0.0,
+                                 "class/cat/recall": 1.0, "class/bench/recall": 1.0})
+    row = class_row(json.loads(json.dumps(per_caption)))  # the cached JSON form reads the same
+    assert row["class/dog/hallucinated"] == 0.5
+    with pytest.raises(ValueError, match="no captions"):
+        class_row([])

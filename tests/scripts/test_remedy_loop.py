@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from halluremedy.data.scenes import CLASSES
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "remedy_loop.py"
 
@@ -88,7 +90,12 @@ def test_remedy_loop_end_to_end(tmp_path):
     assert stats["images"] == 10 and len(captions["targeted-sft"]) == 10
     assert stats["per_seed"]["mean"] == pytest.approx(flags["targeted-sft"] - flags["untargeted-sft"])
     assert stats["interval"][0] <= stats["per_seed"]["mean"] <= stats["interval"][1]
-    assert "Greedy CHAIR_s on d/scenes:val" in (tmp_path / "d" / "fresh" / "report.md").read_text()
+    report = (tmp_path / "d" / "fresh" / "report.md").read_text()
+    assert "Greedy CHAIR_s on d/scenes:val" in report and "## By class on d/scenes:val" in report
+    by_class = results["by_class"]["arms"]["targeted-sft"]
+    for c in CLASSES:  # the test split's per-class figures are those of the arm's test captions
+        said = sum(m["category"] == c for caption in captions["targeted-sft"] for m in caption["hallucinated"])
+        assert by_class.get(f"class/{c}/hallucinated", {"mean": 0.0})["mean"] == pytest.approx(said / 10), c
 
 
 def test_help_names_the_protocol_options(tmp_path):
