@@ -111,7 +111,7 @@ class RemedyConfig:
     records: int = option(960, "records per arm and seed (reflective: questions; each gives 2 samples)")
     steps: int = option(120, "optimiser steps per arm")
     batch_size: int = option(16, "samples per step")
-    lr: float = option(1e-3, "peak learning rate of the SFT arms (cosine, 3% warmup)")
+    lr: float = option(5e-4, "peak learning rate of the SFT arms (cosine, 3% warmup)")
     dpo_lr: float = option(2e-4, "peak learning rate of the DPO arms")
     dpo_edit: str = option("add", "DPO arms' rejected caption: add (+ an absent object the model hallucinates) | "
                            "rename (a present object named as the class the model mistakes it for)")
@@ -121,10 +121,10 @@ class RemedyConfig:
     lora_r: int = option(16, "LoRA rank")
     lora_alpha: int = option(32, "LoRA alpha")
     focus: float = option(1.0, "targeted class weights: (diagnosed class score + 0.02) ** FOCUS")
-    class_score: str = option("hallucination", "the diagnosed class score the targeted arms aim at: hallucination "
+    class_score: str = option("error", "the diagnosed class score the targeted arms aim at: hallucination "
                               "(named while absent) | error (also missed while present, so a class the model cannot "
                               "see and calls something else is aimed at too)")
-    class_balance: bool = option(False, "SFT arms: ask about every class as often present as absent, and caption images "
+    class_balance: bool = option(True, "SFT arms: ask about every class as often present as absent, and caption images "
                                  "holding and lacking a drawn class equally (targeting moves which classes and images, "
                                  "not a class's answer prior)")
     reflective_weights: str = option("targeted", "questions of the reflective arms: targeted | uniform")
