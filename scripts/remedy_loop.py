@@ -273,14 +273,21 @@ def main(argv: list[str] | None = None) -> None:
     eval_cfg = EvalConfig(chair_images=cfg.eval_images, pope_images=cfg.eval_images, seed=0, progress=False)
     rows: dict[str, list[dict[str, float]]] = {"base": [evaluated(base_dir, heldout, eval_cfg, out / "base_eval.json",
                                                                   worst, cfg)]}
-    if cfg.test_data:  # greedy captions of the large test split: image_id -> hallucinated, per arm and seed
+    # greedy captions of the large test split, per arm and seed: image_id -> hallucinated, and class_row
+    flags: dict[str, list[dict[int, bool]]] = {}
+    test_classes: dict[str, list[dict[str, float]]] = {}
+
+    def captioned_test(name: str, model_dir: Path, path: Path) -> None:
+        result = evaluation(model_dir, test, test_cfg, path, cfg)
+        flags.setdefault(name, []).append(caption_flags(result))
+        test_classes.setdefault(name, []).append(class_row(result["chair"]["greedy"]["per_caption"]))
+
+    if cfg.test_data:
         test = CocoDataset.load(cfg.test_data, cfg.test_split)
         test_cfg = EvalConfig(chair_images=cfg.test_images or len(test), pope_images=0, pope_settings=(), seed=0,
                               progress=False)
         test_name = f"test_{cfg.test_split}.json"
-        base_test = evaluation(base_dir, test, test_cfg, out / f"base_{test_name}", cfg)
-        flags = {"base": [caption_flags(base_test)]}
-        test_classes = {"base": [class_row(base_test["chair"]["greedy"]["per_caption"])]}
+        captioned_test("base", base_dir, out / f"base_{test_name}")
     after: dict[str, list[Diagnosis]] = {}
     spec = TuningSpec(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, lora=cfg.lora, lora_r=cfg.lora_r,
                       lora_alpha=cfg.lora_alpha)
@@ -306,9 +313,7 @@ def main(argv: list[str] | None = None) -> None:
                                                  replace(arm_spec, lr=cfg.dpo_lr), device=cfg.device, resume=cfg.resume)
             rows.setdefault(arm, []).append(evaluated(model_dir, heldout, eval_cfg, run_dir / "eval.json", worst, cfg))
             if cfg.test_data:
-                arm_test = evaluation(model_dir, test, test_cfg, run_dir / test_name, cfg)
-                flags.setdefault(arm, []).append(caption_flags(arm_test))
-                test_classes.setdefault(arm, []).append(class_row(arm_test["chair"]["greedy"]["per_caption"]))
+                captioned_test(arm, model_dir, run_dir / test_name)
             if cfg.rediagnose:
                 after.setdefault(arm, []).append(diagnosed(model_dir, diag, probe, run_dir / "diagnosis",
                                                            f"{arm} seed {seed}", cfg))
