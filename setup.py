@@ -1,31 +1,30 @@
 """halluremedy: a performance-first trainer that cures hallucination in LLaVA-style VLMs.
 
-Two packages are installed from this tree:
-  * ``halluremedy``  - data, models, diagnosis, generation, training, evaluation;
-  * ``vlm_kernels``  - the standalone Triton ops in ``kernels/`` (it never imports halluremedy).
-The ``kernels/`` folder is deliberately *not* installed as ``kernels``: Hugging Face's ``kernels``
-distribution owns that import name and transformers probes for it.
+This distribution is the trainer (data, models, diagnosis, generation, training, evaluation).
+Its fused Triton ops are a distribution of their own, ``vlm_kernels``, in ``kernels/`` (its own
+pyproject.toml; it never imports halluremedy). ``pip install .`` installs it from that folder.
 """
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+KERNELS = (Path(__file__).resolve().parent / "kernels").as_uri()
 
 setup(
     name="halluremedy",
     version="0.1.0",
     description="Fast preference / reflective tuning against VLM hallucination (POVID, DFTG, REVERIE)",
     python_requires=">=3.10",
-    packages=find_packages(include=["halluremedy", "halluremedy.*"]) + ["vlm_kernels"],
-    package_dir={"vlm_kernels": "kernels"},
+    packages=find_packages(include=["halluremedy", "halluremedy.*"]),
     package_data={"halluremedy": ["assets/scene_base/*"]},
     install_requires=[
         # 2.13 is the oldest release we test; CI installs the CPU build first.
         "torch>=2.13,<2.15",
-        "triton>=3.4",
+        f"vlm_kernels @ {KERNELS}",
         "transformers>=5.0,<6",
         "tokenizers>=0.21",
         "safetensors>=0.4",
         "peft>=0.17",
-        "diffusers>=0.30",
-        "liger-kernel>=0.6",
         "numpy>=1.26",
         "pillow>=10",
         "tqdm>=4.66",
@@ -33,8 +32,11 @@ setup(
         "pyyaml>=6",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6", "ruff>=0.5"],
-        "gpu": ["flash-attn>=2.6", "xformers>=0.0.28"],
+        # The test suite: diffusers is the oracle the noise schedule is checked against.
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6", "ruff>=0.5", "diffusers>=0.30"],
+        # The peers bench/ measures halluremedy against (tests/bench runs their equal-loss checks).
+        "bench": ["trl==1.16.0", "liger-kernel>=0.6"],
+        "gpu": ["flash-attn>=2.6"],
     },
     entry_points={"console_scripts": ["halluremedy=halluremedy.cli:main"]},
 )

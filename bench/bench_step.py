@@ -91,7 +91,7 @@ def _group(config: str, stage: int) -> str:
 def test_step(benchmark, bench_report, workloads, ours_loss, config: str, provider: str):
     spec, cfg = PROVIDERS[provider], CONFIGS[config]
     if not spec.installed:
-        pytest.skip("pip install -r bench/requirements.txt")
+        pytest.skip("pip install -e '.[bench]'")
     if spec.cuda_only:
         pytest.skip("Liger's Triton layer kernels need a GPU (bench/gpu_throughput.py runs them)")
     workload = workloads(config)

@@ -16,7 +16,7 @@ Run: ``python bench/static_report.py [N_ROWS]`` with TRITON_INTERPRET unset.
 
 from __future__ import annotations
 
-import sys
+import argparse
 from typing import Any
 
 import torch
@@ -83,6 +83,8 @@ def report(n_rows: int, archs: tuple[int, ...] = (80, 90)) -> list[str]:
 
 
 if __name__ == "__main__":
-    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 256
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("n_rows", type=int, nargs="?", default=256, help="response rows per step (default: 256)")
+    rows = parser.parse_args().n_rows
     print(f"LLaVA-1.5-7B shape: N = {rows} response rows, D = {D}, V = {V}; noise on {IMAGES} images\n")
     print("\n".join(report(rows)))

@@ -31,7 +31,7 @@ class Provider:
     description: str
     make: Callable[[Workload], Callable[[], torch.Tensor]]
     ours: str  # the halluremedy provider of the same stage, compared against this one
-    needs_trl: bool = False  # runs TRL itself (pip install -r bench/requirements.txt)
+    needs_trl: bool = False  # runs TRL itself (pip install -e ".[bench]")
     cuda_only: bool = False  # Triton kernels that need a GPU (Triton finds no driver on a CPU)
     flops_as: str | None = None  # the bench/flops.py step that does the same matmuls, if named otherwise
 

@@ -1,4 +1,4 @@
-"""TRL's own ``DPOTrainer`` step (``pip install -r bench/requirements.txt``; TRL is a benchmark-only dependency).
+"""TRL's own ``DPOTrainer`` step (``pip install -e ".[bench]"``; TRL is a benchmark-only dependency).
 
 The trainer gets a copy of the base model and the workload's ``LoraConfig`` (TRL wraps it with
 fresh adapters; ``ref_model=None``, so TRL's reference is the policy with its adapters disabled, as

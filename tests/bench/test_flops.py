@@ -48,7 +48,7 @@ def ours_losses(workload):
 @pytest.mark.parametrize("provider", [name for name, p in PROVIDERS.items() if not p.cuda_only])
 def test_step_runs_gives_ours_loss_and_flop_model_matches(provider, workload, groups, meta_model, ours_losses):
     if not PROVIDERS[provider].installed:
-        pytest.skip("trl is a benchmark-only dependency: pip install -r bench/requirements.txt")
+        pytest.skip("trl is a benchmark-only dependency: pip install -e '.[bench]'")
     spec = PROVIDERS[provider]
     step = spec.make(workload)
     loss = float(step())

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import categories_image
 
 from halluremedy.data.coco import CocoDataset, write_coco
 from halluremedy.generate.cooccurrence import CooccurrenceStats
-from tests.generate.conftest import categories_image
 
 CATEGORIES = ["knife", "fork", "dining table", "cup"]
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import categories_image, image, obj
 
 from halluremedy.data.scenes import CLASSES, SYNONYMS, make_dataset, scene_text_vocabulary
 from halluremedy.eval.chair import ObjectVocabulary, chair, ground_truth_objects
 from halluremedy.eval.text import tokenize
 from halluremedy.generate.cooccurrence import CooccurrenceStats
 from halluremedy.generate.injector import COCO_SURFACE_WORDS, EDIT_KINDS, AttributeWords, EditLexicon, RuleBasedEditor
-from tests.generate.conftest import categories_image, image, obj
 
 SCENE_VOCAB = ObjectVocabulary.from_synonyms(SYNONYMS)
 RED_BLUE = AttributeWords("color", {"red": "red", "blue": "blue"})

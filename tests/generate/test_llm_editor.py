@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from helpers import categories_image, image, obj
 
 from halluremedy.generate.cooccurrence import CooccurrenceStats
 from halluremedy.generate.llm_editor import LLMEditError, LLMEditor, LLMEditorConfig, edit_messages
-from tests.generate.conftest import categories_image, image, obj
 
 IMAGE = image(obj("diamond", color="red", size="large"), obj("circle", color="blue", size="small"),
               obj("circle", color="blue", size="small"), image_id=42)
