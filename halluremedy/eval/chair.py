@@ -17,20 +17,51 @@ Pipeline, as in the original CHAIR code:
 
 All rates are fractions in [0, 1] (papers print them x 100).
 
-Which vocabulary: ``ObjectVocabulary.from_synonyms(ds.synonyms) if ds.synonyms else
-ObjectVocabulary.coco()`` for a loaded :class:`~halluremedy.data.coco.CocoDataset` ``ds``.
+Two compat modes parse COCO captions (:data:`COMPAT_MODES`, :func:`coco_vocabulary`):
+
+* ``"halluremedy"`` (the default everywhere it was before): :class:`ObjectVocabulary` with this
+  package's tokenizer, singularizer and synonym table, which fix the original's bugs and fill
+  vocabulary gaps;
+* ``"reference"``: :class:`~halluremedy.eval.chair_reference.ReferenceVocabulary`, the original
+  code's parse exactly (its bugs included), for numbers comparable with published tables.
+
+Every difference between the two, with an example each, is listed in ``docs/chair.md``. Every
+result carries :func:`chair_signature` (``chair:reference|syn:lisaanne-2018@585f2d9.<sha8>|...``);
+compare CHAIR numbers only across equal signatures.
+
+Which vocabulary for a loaded :class:`~halluremedy.data.coco.CocoDataset` ``ds``:
+:func:`halluremedy.eval.run.object_vocabulary` (its own synonym table when it ships one, as the
+scene world does, else COCO in the chosen mode).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 from halluremedy.data.coco import CocoImage
 from halluremedy.eval.coco_synonyms import COCO_CLASSES, COCO_EXCLUSIONS, coco_phrase_table
 from halluremedy.eval.text import is_word, singularize, tokenize
 
-__all__ = ["CaptionChair", "ChairResult", "Mention", "ObjectVocabulary", "chair", "class_row", "ground_truth_objects"]
+__all__ = [
+    "COMPAT_MODES",
+    "CaptionChair",
+    "ChairResult",
+    "Mention",
+    "MentionParser",
+    "ObjectVocabulary",
+    "chair",
+    "chair_signature",
+    "class_row",
+    "coco_vocabulary",
+    "ground_truth_objects",
+]
+
+#: ``"halluremedy"``: this package's parser (the default); ``"reference"``: the original CHAIR code's.
+COMPAT_MODES = ("halluremedy", "reference")
+SIGNATURE_VERSION = "v1"  # bump when a mode's parsing rules change
 
 
 @dataclass(frozen=True)
@@ -46,6 +77,53 @@ class Mention:
     lemma: str
     category: str
     token_index: int
+
+
+class MentionParser(Protocol):
+    """What :func:`chair` and :func:`ground_truth_objects` need of a vocabulary: its classes, the
+    mentions of a caption, and a signature naming how they were found (:func:`chair_signature`).
+    :class:`ObjectVocabulary` and :class:`~halluremedy.eval.chair_reference.ReferenceVocabulary` are two."""
+
+    classes: tuple[str, ...]
+    compat: str
+    synonym_table: str
+    tokenizer: str
+    singularizer: str
+
+    @property
+    def signature(self) -> str: ...
+
+    def extract_mentions(self, caption: str) -> list[Mention]: ...
+
+
+def chair_signature(vocab: MentionParser) -> str:
+    """How CHAIR numbers were computed, sacrebleu-style, e.g.
+    ``chair:reference|syn:lisaanne-2018@585f2d9.<sha8>|tok:treebank|sing:pattern-3.6|v1``.
+
+    Fields: compat mode, synonym table (name, for the reference the code revision, and the first 8
+    hex digits of the SHA-256 of the table's content and phrase rules), tokenizer, singularizer, and
+    :data:`SIGNATURE_VERSION`. Numbers with different signatures are not comparable.
+    """
+    return (f"chair:{vocab.compat}|syn:{vocab.synonym_table}|tok:{vocab.tokenizer}|sing:{vocab.singularizer}"
+            f"|{SIGNATURE_VERSION}")
+
+
+def coco_vocabulary(compat: str = "halluremedy", *, reference_revision: str | None = None) -> MentionParser:
+    """The COCO vocabulary of a compat mode: :meth:`ObjectVocabulary.coco`, or the original CHAIR
+    parser (:class:`~halluremedy.eval.chair_reference.ReferenceVocabulary`) at ``reference_revision``
+    (default: its ``DEFAULT_REVISION``).
+
+    Raises ValueError for a mode not in :data:`COMPAT_MODES`, or a revision given outside reference mode.
+    """
+    if compat not in COMPAT_MODES:
+        raise ValueError(f"unknown CHAIR compat mode {compat!r}; expected one of {', '.join(COMPAT_MODES)}")
+    if compat == "halluremedy":
+        if reference_revision is not None:
+            raise ValueError("reference_revision applies to compat='reference' only")
+        return ObjectVocabulary.coco()
+    from halluremedy.eval.chair_reference import DEFAULT_REVISION, ReferenceVocabulary  # it imports this module
+
+    return ReferenceVocabulary(reference_revision or DEFAULT_REVISION)
 
 
 def _lemma_words(phrase: str) -> tuple[str, ...]:
@@ -65,12 +143,18 @@ class ObjectVocabulary:
     mentions that class (``{"seat": "toilet"}``). Phrases are stored singularized, so ``"skis"``,
     ``"ski"`` and ``"skis."`` in a caption all match the same entry.
 
+    ``name`` names the table in :attr:`signature` (with a hash of its content).
+
     Raises ValueError when two classes claim the same (singularized) phrase or a phrase names an
     unknown class.
     """
 
+    compat = "halluremedy"
+    tokenizer = "halluremedy"
+    singularizer = "halluremedy"
+
     def __init__(self, classes: Iterable[str], phrases: Mapping[str, str | None],
-                 exclusions: Mapping[str, str] | None = None) -> None:
+                 exclusions: Mapping[str, str] | None = None, *, name: str = "custom") -> None:
         self.classes: tuple[str, ...] = tuple(classes)
         known = set(self.classes)
         self._table: dict[tuple[str, ...], str | None] = {}
@@ -88,16 +172,25 @@ class ObjectVocabulary:
             if category not in known:
                 raise ValueError(f"exclusion {word!r} -> {category!r}: {category!r} is not a vocabulary class")
             self.exclusions[" ".join(_lemma_words(word))] = category
+        content = repr((self.classes, sorted(self._table.items(), key=lambda kv: (kv[0], kv[1] or "")),
+                        sorted(self.exclusions.items())))
+        self.synonym_table = f"{name}.{hashlib.sha256(content.encode()).hexdigest()[:8]}"
+
+    @property
+    def signature(self) -> str:
+        """:func:`chair_signature` of this vocabulary, e.g. ``chair:halluremedy|syn:halluremedy-coco.<sha8>|...``."""
+        return chair_signature(self)
 
     @classmethod
     def coco(cls) -> ObjectVocabulary:
         """The 80 COCO classes with CHAIR's synonyms and special rules (see :mod:`.coco_synonyms`)."""
-        return cls(COCO_CLASSES, coco_phrase_table(), COCO_EXCLUSIONS)
+        return cls(COCO_CLASSES, coco_phrase_table(), COCO_EXCLUSIONS, name="halluremedy-coco")
 
     @classmethod
     def from_synonyms(cls, synonyms: Mapping[str, Sequence[str]]) -> ObjectVocabulary:
         """A vocabulary from a dataset's own table: class -> surface words (multi-word allowed)."""
-        return cls(synonyms, {word: category for category, words in synonyms.items() for word in words})
+        return cls(synonyms, {word: category for category, words in synonyms.items() for word in words},
+                   name="dataset")
 
     def surface_forms(self, category: str) -> list[str]:
         """Every (singular) surface phrase that names ``category``, its own name included, sorted."""
@@ -145,7 +238,7 @@ class ObjectVocabulary:
         return [m for m in mentions if self.exclusions.get(m.lemma) not in mentioned]
 
 
-def ground_truth_objects(image: CocoImage, vocab: ObjectVocabulary) -> set[str]:
+def ground_truth_objects(image: CocoImage, vocab: MentionParser) -> set[str]:
     """Annotated categories of ``image`` united with the classes named in its reference captions.
 
     Raises ValueError when an annotated category is not a vocabulary class (the wrong vocabulary
@@ -175,9 +268,11 @@ class ChairResult:
     """CHAIR over a set of captions; rates are fractions in [0, 1].
 
     ``chair_i`` is 0.0 when no caption mentions any object, ``recall`` is 0.0 when no image has a
-    ground-truth object (the counts beside them tell these cases apart).
+    ground-truth object (the counts beside them tell these cases apart). ``signature``: how the
+    mentions were found (:func:`chair_signature`); compare numbers only across equal signatures.
     """
 
+    signature: str
     chair_s: float
     chair_i: float
     recall: float
@@ -195,7 +290,7 @@ class ChairResult:
         return asdict(self)
 
 
-def chair(captions: Mapping[int, str], ground_truth: Mapping[int, set[str]], vocab: ObjectVocabulary) -> ChairResult:
+def chair(captions: Mapping[int, str], ground_truth: Mapping[int, set[str]], vocab: MentionParser) -> ChairResult:
     """Score generated ``captions`` (image id -> caption) against ``ground_truth`` (image id -> classes).
 
     Raises ValueError when there are no captions or a captioned image has no ground-truth entry.
@@ -221,6 +316,7 @@ def chair(captions: Mapping[int, str], ground_truth: Mapping[int, set[str]], voc
     n_mentions = sum(len(c.mentions) for c in per_caption)
     n_hallucinated_mentions = sum(len(c.hallucinated) for c in per_caption)
     return ChairResult(
+        signature=chair_signature(vocab),
         chair_s=n_hallucinated_captions / n_captions,
         chair_i=n_hallucinated_mentions / n_mentions if n_mentions else 0.0,
         recall=n_ground_truth_mentioned / n_ground_truth if n_ground_truth else 0.0,

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from halluremedy.data.coco import CocoDataset
-from halluremedy.eval.chair import ObjectVocabulary, chair, ground_truth_objects
+from halluremedy.eval.chair import MentionParser, ObjectVocabulary, chair, coco_vocabulary, ground_truth_objects
 from halluremedy.eval.pope import build_pope, parse_pope_answer, pope_metrics
 from halluremedy.models.generate import Decoding, generate_answers
 from halluremedy.prompts import DETAILED_CAPTION_PROMPT, POPE_SUFFIX
@@ -27,24 +27,36 @@ class EvalConfig:
     caption_prompt: str = DETAILED_CAPTION_PROMPT
     caption_decodings: Sequence[Decoding] = field(default_factory=lambda: (Decoding(0.0, 64),))
     pope_settings: Sequence[str] = POPE_SETTINGS
+    chair_compat: str = "halluremedy"  # or "reference": the original CHAIR parser (real COCO only)
     batch_size: int = 64
     progress: bool = True
 
 
-def object_vocabulary(dataset: CocoDataset) -> ObjectVocabulary:
-    """The dataset's own synonym table (scene world) or the built-in COCO one (real COCO)."""
-    return ObjectVocabulary.from_synonyms(dataset.synonyms) if dataset.synonyms else ObjectVocabulary.coco()
+def object_vocabulary(dataset: CocoDataset, compat: str = "halluremedy") -> MentionParser:
+    """The dataset's own synonym table (scene world) or the built-in COCO one of ``compat`` (real COCO).
+
+    Raises ValueError for an unknown ``compat``, and for ``compat="reference"`` on a dataset whose
+    categories are not COCO's: the original parser knows the 80 COCO classes only.
+    """
+    vocab = coco_vocabulary(compat)
+    if compat == "reference":
+        unknown = sorted(set(dataset.categories) - set(vocab.classes))
+        if unknown:
+            raise ValueError(f"{dataset.root}:{dataset.split}: CHAIR compat 'reference' knows the 80 COCO classes "
+                             f"only; this split has {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+        return vocab
+    return ObjectVocabulary.from_synonyms(dataset.synonyms) if dataset.synonyms else vocab
 
 
 def evaluate(model, processor, dataset: CocoDataset, cfg: EvalConfig = EvalConfig()) -> dict:
-    vocab = object_vocabulary(dataset)
+    vocab = object_vocabulary(dataset, cfg.chair_compat)
     rng = np.random.default_rng(cfg.seed)
     n = min(cfg.chair_images, len(dataset))
     chair_images = [dataset.images[i] for i in sorted(rng.choice(len(dataset), size=n, replace=False))]
     pil = [dataset.load_image(im) for im in chair_images]
     truth = {im.image_id: ground_truth_objects(im, vocab) for im in chair_images}
-    result: dict = {"dataset": f"{dataset.root}:{dataset.split}", "config": _jsonable(asdict(cfg)), "chair": {},
-                    "pope": {}}
+    result: dict = {"dataset": f"{dataset.root}:{dataset.split}", "config": _jsonable(asdict(cfg)),
+                    "chair_signature": vocab.signature, "chair": {}, "pope": {}}
     for dec in cfg.caption_decodings:
         captions = generate_answers(model, processor, pil, [cfg.caption_prompt] * n, dec, batch_size=cfg.batch_size,
                                     progress=f"captions {dec.name}" if cfg.progress else None)
@@ -88,12 +100,15 @@ def summary_row(result: dict) -> dict[str, float]:
     return row
 
 
-def format_table(rows: dict[str, dict[str, float]]) -> str:
-    """Markdown table: one row per model/run name, one column per headline metric."""
+def format_table(rows: dict[str, dict[str, float]], chair_signature: str | None = None) -> str:
+    """Markdown table: one row per model/run name, one column per headline metric; with
+    ``chair_signature`` (``result["chair_signature"]``), a line under it names how CHAIR was computed."""
     cols = sorted({c for r in rows.values() for c in r}, key=column_order)
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{r[c]:.3f}" if c in r else "" for c in cols) + " |")
+    if chair_signature:
+        lines += ["", f"CHAIR signature: {chair_signature}"]
     return "\n".join(lines)
 
 
