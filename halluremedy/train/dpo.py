@@ -31,7 +31,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -365,8 +365,10 @@ def cached_reference(cache: dict[str, torch.Tensor], batch: PreferenceBatch, epo
 
 def train_preference(policy: torch.nn.Module, batches: PreferenceBatches, objective: PreferenceObjective,
                      reference: Reference, cfg: LoopConfig, out_dir: str | os.PathLike, *, seed: int,
-                     resume: bool = False) -> list[dict]:
-    """Run the preference objective through the shared loop (same checkpoints, resume, NaN guard)."""
+                     resume: bool = False, allow_changes: bool = False, settings: Mapping[str, Any] | None = None
+                     ) -> list[dict]:
+    """Run the preference objective through the shared loop (same checkpoints, resume, non-finite
+    guard; ``settings``, ``allow_changes``: see :func:`~halluremedy.train.loop.train_loop`)."""
     objective.check_batches(batches)
     device = next(policy.parameters()).device
 
@@ -390,7 +392,8 @@ def train_preference(policy: torch.nn.Module, batches: PreferenceBatches, object
         metrics["batch"] = f"micro-batch {index}, records {batch.records}"
         return loss, metrics
 
-    return train_loop(policy, micro_step, cfg, out_dir, resume=resume, desc=f"dpo stage {objective.stage}")
+    return train_loop(policy, micro_step, cfg, out_dir, resume=resume, allow_changes=allow_changes,
+                      settings=settings, desc=f"dpo stage {objective.stage}")
 
 
 def load_reference_cache(path: str | os.PathLike, *, seed: int, stage: int, records: int,

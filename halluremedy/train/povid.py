@@ -5,10 +5,13 @@ budget as a preference run."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,7 +30,7 @@ from halluremedy.train.dpo import (
     precompute_reference,
     train_preference,
 )
-from halluremedy.train.loop import LoopConfig, plot_metrics
+from halluremedy.train.loop import LoopConfig, check_resume_settings, plot_metrics
 from halluremedy.train.sft import SupervisedBatches, train_sft
 
 
@@ -65,11 +68,27 @@ def _prepare(model_dir: str | os.PathLike, dataset: CocoDataset, spec: TuningSpe
     return model, processor, bank, encoder
 
 
-def _finish(model, processor, out_dir: Path, spec: TuningSpec, keys: list[str], extra: dict) -> Path:
+def stage_settings(spec: TuningSpec, records: Sequence[Any], **extra: Any) -> dict[str, Any]:
+    """What defines a stage's result: the tuning, the training records (count and content digest) and
+    ``extra`` (objective, starting model, ...). Stored as ``OUT/recipe.json`` and compared on resume."""
+    digest = hashlib.sha256(json.dumps([asdict(r) for r in records], sort_keys=True).encode()).hexdigest()[:16]
+    return {"tuning": asdict(spec), "records": len(records), "records_sha256": digest, **extra}
+
+
+def _finished(out_dir: Path, settings: dict[str, Any], resume: bool, allow_changes: bool) -> bool:
+    """True when ``resume`` finds the stage's model already made with ``settings`` (refused if made
+    with others, unless ``allow_changes``)."""
+    if not (resume and (out_dir / "model" / "config.json").exists()):
+        return False
+    check_resume_settings(out_dir, settings, allow_changes, stored_name="recipe.json")
+    return True
+
+
+def _finish(model, processor, out_dir: Path, spec: TuningSpec, keys: list[str], settings: dict[str, Any]) -> Path:
     plot_metrics(out_dir, keys)
     merged = merge_lora(model) if spec.lora else model
     save_model(merged, processor, out_dir / "model")
-    write_json_atomic(out_dir / "recipe.json", {"tuning": asdict(spec), **extra}, indent=2)
+    write_json_atomic(out_dir / "recipe.json", settings, indent=2)
     return out_dir / "model"
 
 
@@ -83,10 +102,15 @@ def present_words(dataset: CocoDataset) -> dict[str, list[str]]:
 
 def run_preference_stage(model_dir: str | os.PathLike, records: list[PreferenceRecord], dataset: CocoDataset,
                          out_dir: str | os.PathLike, objective: PreferenceObjective, spec: TuningSpec, *,
-                         reference: str = "adapter", device: str = "cpu", resume: bool = False) -> Path:
-    """Train one DPO/POVID stage from ``model_dir``; returns ``OUT/model`` (adapters merged, HF layout)."""
+                         reference: str = "adapter", device: str = "cpu", resume: bool = False,
+                         allow_changes: bool = False) -> Path:
+    """Train one DPO/POVID stage from ``model_dir``; returns ``OUT/model`` (adapters merged, HF layout).
+
+    ``resume``: reuse a finished stage, continue an interrupted one; both only when made with the same
+    settings (``OUT/recipe.json``, ``OUT/settings.json``), unless ``allow_changes``."""
     out_dir = Path(out_dir)
-    if (out_dir / "model" / "config.json").exists() and resume:
+    settings = stage_settings(spec, records, objective=asdict(objective), reference=reference, **{"from": str(model_dir)})
+    if _finished(out_dir, settings, resume, allow_changes):
         return out_dir / "model"
     model, processor, bank, encoder = _prepare(model_dir, dataset, spec, device)
     if reference == "adapter" and not spec.lora:
@@ -106,31 +130,33 @@ def run_preference_stage(model_dir: str | os.PathLike, records: list[PreferenceR
             scope = model.disable_adapter() if spec.lora else contextlib.nullcontext()
             with scope:
                 ref.cache = precompute_reference(model, batches, objective, epochs, spec.seed, path)
-    train_preference(model, batches, objective, ref, spec.loop(), out_dir, seed=spec.seed, resume=resume)
+    train_preference(model, batches, objective, ref, spec.loop(), out_dir, seed=spec.seed, resume=resume,
+                     allow_changes=allow_changes, settings=settings)
     keys = ["loss", "rewards/accuracy", "rewards/margin"] if objective.stage == 1 else \
         ["loss", "text/rewards/margin", "noise/rewards/margin", "text/rewards/accuracy", "noise/rewards/accuracy"]
-    return _finish(model, processor, out_dir, spec, keys + ["lr"],
-                   {"objective": asdict(objective), "reference": reference, "from": str(model_dir)})
+    return _finish(model, processor, out_dir, spec, keys + ["lr"], settings)
 
 
 def run_conversation_sft(model_dir: str | os.PathLike, conversations: Sequence[Conversation], dataset: CocoDataset,
                          out_dir: str | os.PathLike, spec: TuningSpec, *, device: str = "cpu", resume: bool = False,
-                         tag: str = "conversations") -> Path:
+                         allow_changes: bool = False, tag: str = "conversations") -> Path:
     """``spec.steps`` steps of next-token loss on assistant turns from ``model_dir``; returns
-    ``OUT/model`` (adapters merged, HF layout). ``tag`` is recorded in ``OUT/recipe.json``."""
+    ``OUT/model`` (adapters merged, HF layout). ``tag`` is recorded in ``OUT/recipe.json``;
+    ``resume`` / ``allow_changes`` as in :func:`run_preference_stage`."""
     out_dir = Path(out_dir)
-    if resume and (out_dir / "model" / "config.json").exists():
+    settings = stage_settings(spec, conversations, sft=tag, **{"from": str(model_dir)})
+    if _finished(out_dir, settings, resume, allow_changes):
         return out_dir / "model"
     model, processor, bank, encoder = _prepare(model_dir, dataset, spec, device)
     batches = SupervisedBatches(list(conversations), encoder, bank, spec.batch_size, spec.seed)
-    train_sft(model, batches, spec.loop(), out_dir, resume=resume)
-    return _finish(model, processor, out_dir, spec, ["loss", "lr"],
-                   {"sft": tag, "records": len(conversations), "from": str(model_dir)})
+    train_sft(model, batches, spec.loop(), out_dir, resume=resume, allow_changes=allow_changes, settings=settings)
+    return _finish(model, processor, out_dir, spec, ["loss", "lr"], settings)
 
 
 def run_sft_control(model_dir: str | os.PathLike, records: list[PreferenceRecord], dataset: CocoDataset,
-                    out_dir: str | os.PathLike, spec: TuningSpec, *, device: str = "cpu", resume: bool = False) -> Path:
+                    out_dir: str | os.PathLike, spec: TuningSpec, *, device: str = "cpu", resume: bool = False,
+                    allow_changes: bool = False) -> Path:
     """The control every remedy must beat: continued SFT on the chosen answers, same data and budget."""
     conversations = [Conversation(r.image, (Turn(r.prompt, r.chosen),), r.id) for r in records]
     return run_conversation_sft(model_dir, conversations, dataset, out_dir, spec, device=device, resume=resume,
-                                tag="control: sft-on-chosen")
+                                allow_changes=allow_changes, tag="control: sft-on-chosen")

@@ -7,8 +7,9 @@ of ``(seed, i)`` (a fresh permutation per epoch), which is what makes resumed ru
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,8 +102,10 @@ class SupervisedBatches:
 
 
 def train_sft(model: torch.nn.Module, batches: SupervisedBatches, cfg: LoopConfig, out_dir: str | os.PathLike,
-              *, resume: bool = False) -> list[dict]:
-    """Next-token loss on assistant tokens (mean over them), through the shared loop."""
+              *, resume: bool = False, allow_changes: bool = False, settings: Mapping[str, Any] | None = None
+              ) -> list[dict]:
+    """Next-token loss on assistant tokens (mean over them), through the shared loop (``settings``,
+    ``allow_changes``: see :func:`~halluremedy.train.loop.train_loop`)."""
     device = next(model.parameters()).device
 
     def micro_step(step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -112,4 +115,5 @@ def train_sft(model: torch.nn.Module, batches: SupervisedBatches, cfg: LoopConfi
         loss = model(**b).loss
         return loss, {"loss": loss.item(), "batch": index}
 
-    return train_loop(model, micro_step, cfg, out_dir, resume=resume, desc="sft")
+    return train_loop(model, micro_step, cfg, out_dir, resume=resume, allow_changes=allow_changes,
+                      settings=settings, desc="sft")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
+import pytest
 import torch
 
 from halluremedy.data.conversation import Conversation, Turn
 from halluremedy.models.llava import load_model, save_model
+from halluremedy.train.loop import ResumeMismatch
 from halluremedy.train.povid import TuningSpec, run_conversation_sft
 
 
@@ -29,5 +32,15 @@ def test_run_conversation_sft_trains_merges_and_resumes(tiny_coco, tiny_llava_fa
     assert changed and all("language_model" in n for n in changed)  # adapters merged into the decoder only
     mtime = (out / "model.safetensors").stat().st_mtime
     assert run_conversation_sft(tmp_path / "base", conversations, tiny_coco, tmp_path / "run", spec,
-                                resume=True) == out
+                                resume=True, tag="test") == out
+    assert (out / "model.safetensors").stat().st_mtime == mtime
+    # a finished stage is reused only for the same settings: another lr or other records are refused
+    with pytest.raises(ResumeMismatch, match=r"tuning\.lr: 0\.01 -> 0\.001"):
+        run_conversation_sft(tmp_path / "base", conversations, tiny_coco, tmp_path / "run", replace(spec, lr=1e-3),
+                             resume=True, tag="test")
+    with pytest.raises(ResumeMismatch, match=r"records: 6 -> 5.*records_sha256"):
+        run_conversation_sft(tmp_path / "base", conversations[:5], tiny_coco, tmp_path / "run", spec,
+                             resume=True, tag="test")
+    assert run_conversation_sft(tmp_path / "base", conversations, tiny_coco, tmp_path / "run", replace(spec, lr=1e-3),
+                                resume=True, allow_changes=True, tag="test") == out
     assert (out / "model.safetensors").stat().st_mtime == mtime

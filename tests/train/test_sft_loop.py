@@ -1,13 +1,19 @@
 """The shared loop: SFT lowers the loss, resume is exact, a NaN stops the run with the batch named."""
 
+import json
+import math
+import shutil
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from vlm_kernels.diffusion_noise import povid_noise_schedule
 
 from halluremedy.data.conversation import Conversation, ConversationEncoder, Turn
 from halluremedy.data.images import ImageBank
-from halluremedy.train.loop import LoopConfig, read_metrics, train_loop
+from halluremedy.train.loop import LoopConfig, ResumeMismatch, read_metrics, train_loop
 from halluremedy.train.sft import NoiseAugment, SupervisedBatches, train_sft
 
 
@@ -100,3 +106,113 @@ def test_nan_loss_names_step_and_batch(tiny_coco, tiny_llava_factory, tmp_path):
     with pytest.raises(FloatingPointError, match="step 2 micro-batch 0 \\(records 2\\)"):
         train_loop(model, micro_step, LoopConfig(steps=5, lr=1e-3, save_every=1), tmp_path)
     assert (tmp_path / "checkpoint" / "trainable.safetensors").exists()
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: what a crafted checkpoint in a shared directory could do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_checkpoint_holds_no_pickle_and_an_old_pickled_one_is_refused_unopened(tiny_coco, tiny_llava_factory, tmp_path):
+    model, batches = _setup(tiny_coco, tiny_llava_factory)
+    cfg = LoopConfig(steps=2, lr=1e-3, save_every=1)
+    train_sft(model, batches, cfg, tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoint").iterdir()) == \
+        ["state.json", "state.safetensors", "trainable.safetensors"]
+
+    crafted = tmp_path / "crafted"
+    (crafted / "checkpoint").mkdir(parents=True)
+    shutil.copy(tmp_path / "run" / "checkpoint" / "trainable.safetensors", crafted / "checkpoint")
+    marker = tmp_path / "payload-ran"
+    torch.save({"step": _Payload(marker)}, crafted / "checkpoint" / "optimizer.pt")
+    with pytest.raises(ValueError, match="old layout .*not loading it"):
+        train_sft(model, batches, cfg, crafted, resume=True)
+    assert not marker.exists()
+
+
+def _nan_grad_at(model, bad_steps):
+    """A micro-step whose loss is finite but whose gradient is NaN at ``bad_steps``."""
+    param = next(p for p in model.parameters() if p.requires_grad)
+
+    def micro_step(step, micro):
+        weight = param * 1.0
+        if step in bad_steps:
+            weight.register_hook(lambda g: g * float("nan"))
+        loss = weight.sum() * 1e-3
+        return loss, {"loss": loss.item(), "batch": f"records {step}"}
+
+    return micro_step
+
+
+def test_nonfinite_gradient_is_never_applied_and_names_the_last_good_checkpoint(tiny_coco, tiny_llava_factory,
+                                                                                 tmp_path):
+    model, _ = _setup(tiny_coco, tiny_llava_factory)
+    with pytest.raises(FloatingPointError, match="gradient norm nan at step 0 .*not applied; no checkpoint was written"):
+        train_loop(model, _nan_grad_at(model, {0}), LoopConfig(steps=3, lr=1e-3), tmp_path / "none")
+    assert not (tmp_path / "none" / "checkpoint").exists()
+
+    with pytest.raises(FloatingPointError, match="at step 2 .*last good checkpoint: step 2 in"):
+        train_loop(model, _nan_grad_at(model, {2}), LoopConfig(steps=5, lr=1e-3, save_every=1), tmp_path / "two")
+    saved = load_file(tmp_path / "two" / "checkpoint" / "trainable.safetensors")
+    assert all(bool(torch.isfinite(w).all()) for w in saved.values())
+    current = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    for n, w in saved.items():  # the failed step moved nothing
+        torch.testing.assert_close(current[n], w, rtol=0, atol=0, msg=n)
+
+
+def test_skip_policy_counts_nonfinite_steps_and_metrics_stay_strict_json(tiny_coco, tiny_llava_factory, tmp_path):
+    model, _ = _setup(tiny_coco, tiny_llava_factory)
+
+    def micro_step(step, micro):
+        loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 1e-3
+        if step == 1:
+            loss = loss * float("nan")
+        return loss, {"loss": loss.item()}
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    cfg = LoopConfig(steps=3, lr=1e-3, log_every=1, max_nonfinite_steps=1)
+    train_loop(model, micro_step, cfg, tmp_path)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+
+    def refuse(name):
+        raise AssertionError(f"bare {name} in metrics.jsonl")
+
+    rows = [json.loads(line, parse_constant=refuse) for line in lines]
+    assert [r["nonfinite_steps"] for r in rows] == [0, 1, 1]
+    assert rows[1]["loss"] is None and rows[1]["lr"] == rows[0]["lr"]  # the scheduler did not move either
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_resume_refuses_changed_settings_unless_asked(tiny_coco, tiny_llava_factory, tmp_path):
+    cfg = LoopConfig(steps=6, lr=3e-3, log_every=1, save_every=2)
+    model, batches = _setup(tiny_coco, tiny_llava_factory)
+    assert _run_until(model, batches, cfg, tmp_path, stop_after=2) == 2
+    changed = replace(cfg, lr=1e-3)
+    with pytest.raises(ResumeMismatch, match=r"loop\.lr: 0\.003 -> 0\.001"):
+        train_sft(model, batches, changed, tmp_path, resume=True)
+    with pytest.raises(ResumeMismatch, match=r"data: a -> b"):
+        _resume_with_settings(model, cfg, tmp_path, stored="a", new="b")
+    rows = train_sft(model, batches, changed, tmp_path, resume=True, allow_changes=True)
+    warmup = math.ceil(changed.warmup_ratio * changed.steps)
+    for row in rows:  # the new peak lr on the same cosine, from the step the run stopped at
+        progress = (row["step"] - warmup) / (changed.steps - warmup)
+        assert row["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * progress)), rel=1e-6)
+    assert json.loads((tmp_path / "settings.json").read_text())["loop"]["lr"] == 1e-3
+
+
+def _resume_with_settings(model, cfg, out_dir, stored, new):
+    """Resume a run recorded with recipe settings ``{"data": stored}`` with ``{"data": new}``."""
+    settings = json.loads((out_dir / "settings.json").read_text())
+    (out_dir / "settings.json").write_text(json.dumps({**settings, "data": stored}))
+    try:
+        def never(step, micro):
+            raise AssertionError("a refused resume must not train")
+
+        train_loop(model, never, cfg, out_dir, resume=True, settings={"data": new})
+    finally:
+        (out_dir / "settings.json").write_text(json.dumps(settings))
