@@ -55,6 +55,7 @@ from halluremedy.diagnose.truth import AnnotationBackend, TruthBackend
 from halluremedy.eval.chair import ObjectVocabulary, chair
 from halluremedy.eval.pope import parse_pope_answer, pope_metrics
 from halluremedy.eval.run import object_vocabulary
+from halluremedy.eval.sources import cooccurrence_partners, hallucination_sources
 from halluremedy.eval.text import tokenize
 from halluremedy.models.generate import Decoding, generate_answers
 from halluremedy.prompts import (
@@ -546,6 +547,8 @@ def analyse(run: ProbeRun, vocab: ObjectVocabulary, meta: dict | None = None, n_
         scores = chair(run.captions, {i: set(im.classes) for i, im in truth.items()}, vocab)
         summary.update(chair_s=scores.chair_s, chair_i=scores.chair_i, caption_recall=scores.recall,
                        caption_length=scores.mean_length)
+        sources = hallucination_sources(scores.per_caption, cooccurrence_partners(im.classes for im in run.images))
+        summary.update({f"source_{k}": v for k, v in sources["share"].items()}, prior_share=sources["prior_share"])
     existence = [(p.expected, parse_pope_answer(a)) for p, a in zip(run.probes, run.answers) if p.kind == "existence"]
     if existence:
         m = pope_metrics([a for _, a in existence], [e for e, _ in existence])

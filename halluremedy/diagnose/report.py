@@ -93,7 +93,11 @@ def _markdown(d: Diagnosis, top: int, chart: str | None) -> str:
              "probe_fp_rate": "existence probe FP rate (%)", "probe_fn_rate": "existence probe FN rate (%)",
              "count_accuracy": "count accuracy, short captions (%)",
              "mean_hallucination_rate": "mean class hallucination rate (%)",
-             "misnamed_share": "hallucinated caption mentions explained as misnamings (%)"}
+             "misnamed_share": "hallucinated caption mentions explained as misnamings (%)",
+             "prior_share": "hallucinated caption mentions from the prior: absent partner or named after all present (%)",
+             "source_partner": "... absent co-occurrence partner of a present object (%)",
+             "source_after_all": "... named after every present object was named (%)",
+             "source_other": "... neither: mostly a present object named as another class (%)"}
     lines += [f"| {label} | {_pct(s[k])} |" for k, label in names.items() if k in s]
     lines += ["", "## Worst classes", "",
               "| class | hallucination rate | caption FP | probe FP | caption FN | probe FN | count errors | present / absent |",

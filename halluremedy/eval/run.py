@@ -13,6 +13,7 @@ import numpy as np
 from halluremedy.data.coco import CocoDataset
 from halluremedy.eval.chair import MentionParser, ObjectVocabulary, chair, coco_vocabulary, ground_truth_objects
 from halluremedy.eval.pope import build_pope, parse_pope_answer, pope_metrics
+from halluremedy.eval.sources import cooccurrence_partners, hallucination_sources, source_row
 from halluremedy.models.generate import Decoding, generate_answers
 from halluremedy.prompts import DETAILED_CAPTION_PROMPT, POPE_SUFFIX
 
@@ -55,12 +56,14 @@ def evaluate(model, processor, dataset: CocoDataset, cfg: EvalConfig = EvalConfi
     chair_images = [dataset.images[i] for i in sorted(rng.choice(len(dataset), size=n, replace=False))]
     pil = [dataset.load_image(im) for im in chair_images]
     truth = {im.image_id: ground_truth_objects(im, vocab) for im in chair_images}
+    partners = cooccurrence_partners(im.categories for im in dataset.images)  # from the split's annotations
     result: dict = {"dataset": f"{dataset.root}:{dataset.split}", "config": _jsonable(asdict(cfg)),
-                    "chair_signature": vocab.signature, "chair": {}, "pope": {}}
+                    "chair_signature": vocab.signature, "partners": partners, "chair": {}, "pope": {}}
     for dec in cfg.caption_decodings:
         captions = generate_answers(model, processor, pil, [cfg.caption_prompt] * n, dec, batch_size=cfg.batch_size,
                                     progress=f"captions {dec.name}" if cfg.progress else None)
         scores = chair(dict(zip(truth, captions)), truth, vocab).to_dict()
+        scores["sources"] = hallucination_sources(scores["per_caption"], partners)  # prior vs misperception
         scores["examples"] = [{"image_id": i, "caption": c} for i, c in list(zip(truth, captions))[:5]]
         result["chair"][dec.name] = scores
     images_by_id = {}
@@ -93,6 +96,8 @@ def summary_row(result: dict) -> dict[str, float]:
         row[f"CHAIR_i/{tag}"] = s["chair_i"]
         row[f"recall/{tag}"] = s["recall"]
         row[f"len/{tag}"] = s["mean_length"]
+        if "sources" in s:
+            row.update(source_row(s["sources"], tag))
     for setting, m in result["pope"].items():
         row[f"POPE-{setting[:3]}/F1"] = m["f1"]
         row[f"POPE-{setting[:3]}/acc"] = m["accuracy"]

@@ -110,6 +110,9 @@ def test_analyse_tallies_misnamings(fake_run):
     assert d.summary["misnamed_share"] == 1.0
     d = analyse(replace(fake_run, captions={**captions, 3: "a square and a moon."}), VOCAB)
     assert d.summary["misnamed_share"] == pytest.approx(2 / 3)
+    # every hallucinated mention has one source (halluremedy.eval.sources); the prior share is two of them
+    shares = [d.summary[f"source_{k}"] for k in ("partner", "after_all", "other")]
+    assert sum(shares) == pytest.approx(1.0) and d.summary["prior_share"] == pytest.approx(shares[0] + shares[1])
 
 
 def test_diagnosis_round_trips_through_json(fake_run, tmp_path):
