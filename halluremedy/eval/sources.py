@@ -8,14 +8,18 @@ cannot teach an encoder to see. So before reading a remedy's numbers, ask which 
 Every hallucinated caption mention (a CHAIR mention of a class not in the image's ground truth) gets
 one source, the first that applies:
 
-* ``partner``: it names an absent co-occurrence partner of a class that *is* in the image (the fork
-  said because of the knife; the crescent said because of the star);
+* ``partner``: it names an absent co-occurrence partner of a class that is in the image *and is
+  named in the same caption* (the fork said beside the knife; the crescent beside the star). A
+  partner of a present class the caption never names is not counted here: it may be that object
+  misnamed (a triangle called "square" where square and triangle co-occur);
 * ``after_all``: every ground-truth class had already been named earlier in the caption, so the
   mention cannot stand for a present object: an invented extra (a plausible last sentence);
 * ``other``: neither; most often a present object named as another class (misperception), with
   the present object it stands for still unnamed.
 
-``prior_share = (partner + after_all) / hallucinated mentions``. Partners come from the data's own
+``prior_share = (partner + after_all) / hallucinated mentions``. A partner mention in a caption that
+leaves some present class unnamed could still be that object misnamed; ``prior_share_strict``
+counts only partner mentions of captions that name every present class (``partner_all_named``). Partners come from the data's own
 annotations (:func:`cooccurrence_partners`: classes that appear together at least ``min_lift`` times
 as often as chance), so any COCO-format split can be profiled.
 """
@@ -58,6 +62,7 @@ def hallucination_sources(per_caption: Sequence, partners: Mapping[str, Iterable
     ``per_caption``: :class:`~halluremedy.eval.chair.CaptionChair` rows or their JSON form
     (``ChairResult.to_dict()["per_caption"]``: ``mentions`` with ``category`` in caption order,
     ``ground_truth``). Returns ``{"hallucinated": n, "partner": n, "after_all": n, "other": n,
+    "partner_all_named": n, "prior_share_strict": fraction,
     "share": {source: fraction}, "prior_share": fraction, "prior_captions": fraction of hallucinating
     captions whose every hallucination is a prior one}`` (fractions 0.0 when nothing is hallucinated).
     """
@@ -66,9 +71,11 @@ def hallucination_sources(per_caption: Sequence, partners: Mapping[str, Iterable
     hallucinating = prior_only = 0
     for row in per_caption:
         truth = set(_get(row, "ground_truth"))
-        cued = set().union(*(partner_of.get(g, frozenset()) for g in truth)) - truth
+        said = {_get(m, "category") for m in _get(row, "mentions")}
+        cued = set().union(*(partner_of.get(g, frozenset()) for g in truth & said)) - truth
         named: set[str] = set()
         kinds = []
+        all_named = truth <= said
         for m in _get(row, "mentions"):
             category = _get(m, "category")
             if category in truth:
@@ -76,18 +83,20 @@ def hallucination_sources(per_caption: Sequence, partners: Mapping[str, Iterable
                 continue
             kinds.append("partner" if category in cued else "after_all" if truth and named >= truth else "other")
         counts.update(kinds)
+        counts["partner_all_named"] += all_named * kinds.count("partner")
         if kinds:
             hallucinating += 1
             prior_only += "other" not in kinds
     total = sum(counts[s] for s in SOURCES)
     share = {s: counts[s] / total if total else 0.0 for s in SOURCES}
     return {"hallucinated": total, **{s: counts[s] for s in SOURCES}, "share": share,
-            "prior_share": share["partner"] + share["after_all"],
+            "partner_all_named": counts["partner_all_named"], "prior_share": share["partner"] + share["after_all"],
+            "prior_share_strict": (counts["partner_all_named"] + counts["after_all"]) / total if total else 0.0,
             "prior_captions": prior_only / hallucinating if hallucinating else 0.0}
 
 
 def source_row(sources: Mapping, tag: str) -> dict[str, float]:
     """Flat metric row of :func:`hallucination_sources`'s result: ``prior/{tag}`` and
     ``src-{source}/{tag}`` shares."""
-    return {f"prior/{tag}": float(sources["prior_share"]),
+    return {f"prior/{tag}": float(sources["prior_share"]), f"prior-strict/{tag}": float(sources["prior_share_strict"]),
             **{f"src-{s}/{tag}": float(sources["share"][s]) for s in SOURCES}}

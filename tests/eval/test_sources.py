@@ -24,6 +24,7 @@ def test_each_source_once():
     assert (got["hallucinated"], got["partner"], got["after_all"], got["other"]) == (3, 1, 1, 1)
     assert got["prior_share"] == pytest.approx(2 / 3)
     assert got["prior_captions"] == pytest.approx(2 / 3)
+    assert got["partner_all_named"] == 1 and got["prior_share_strict"] == pytest.approx(2 / 3)
     row = source_row(got, "greedy")
     assert row["prior/greedy"] == pytest.approx(2 / 3) and row["src-other/greedy"] == pytest.approx(1 / 3)
 
@@ -35,9 +36,15 @@ def test_order_matters_and_partner_wins():
     # a partner mention after everything is named counts as partner (the first rule that applies)
     got = sources({1: "a red star and a white crescent."}, {1: {"star"}})
     assert (got["partner"], got["after_all"]) == (1, 0)
+    # the star named, the square not: the moon may be the square misnamed -> partner, but not a strict one
+    got = sources({1: "a red star and a white moon."}, {1: {"star", "square"}})
+    assert (got["partner"], got["partner_all_named"], got["prior_share"], got["prior_share_strict"]) == (1, 0, 1.0, 0.0)
     # a crescent is not cued when no star is present, and repeated mentions count each time
     got = sources({1: "a moon, a moon."}, {1: {"square"}})
     assert got["other"] == 2 and got["prior_share"] == 0.0
+    # a partner of a present class the caption never names may be that object misnamed -> other
+    got = sources({1: "a red moon and a blue square."}, {1: {"star", "square"}})
+    assert (got["partner"], got["after_all"], got["other"]) == (0, 0, 1)
 
 
 def test_nothing_hallucinated_and_json_rows():
