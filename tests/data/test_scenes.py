@@ -279,3 +279,28 @@ def test_cli_class_weights_leave_out_classes(tmp_path):
 def test_config_rejects_bad_values_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"SceneConfig.{field}"):
         SceneConfig(**kwargs)
+
+
+def test_extra_noise_adds_an_absent_object_last_and_noise_styles_restrict_it():
+    from halluremedy.eval.chair import ObjectVocabulary
+
+    vocab = ObjectVocabulary.from_synonyms(SYNONYMS)
+    cfg = SceneConfig()
+    extras = 0
+    for i in range(60):
+        scene = sample_scene(cfg, np.random.default_rng([9, i, 0]))
+        present = {o.category for o in scene.objects}
+        # extra_noise=0 keeps the earlier stream exactly
+        assert make_captions(scene, cfg, np.random.default_rng([9, i, 1]), 2, 0.5) == \
+            make_captions(scene, cfg, np.random.default_rng([9, i, 1]), 2, 0.5, extra_noise=0.0)
+        caps = make_captions(scene, cfg, np.random.default_rng([9, i, 1]), 2, 0.0, extra_noise=1.0,
+                             noise_styles=("detailed",))
+        short, detailed = caps
+        assert short.phantom is None and {m.category for m in vocab.extract_mentions(short.text)} <= present
+        mentions = [m.category for m in vocab.extract_mentions(detailed.text)]
+        if len(present) < len(cfg.classes):
+            extras += 1
+            assert detailed.phantom is not None and detailed.phantom.anchor == -1
+            assert mentions[-1] == detailed.phantom.category not in present and set(mentions[:-1]) <= present
+            assert detailed.text.split(".")[-2].startswith(" there is also")
+    assert extras == 60

@@ -12,7 +12,11 @@ synonyms and plurals as CHAIR does.
 
 Noise: a noisy caption also mentions a *phantom*, the absent partner of a present trigger class
 (a star without a crescent: "... and a yellow moon."), phrased in the caption's style. This is the
-language prior real human captions carry and a preference method can unlearn.
+language prior real human captions carry and a preference method can unlearn. A second kind,
+``extra_noise``, adds a plausible last sentence after the listed objects naming an absent class
+(any, partner or not: "... there is also a small red star."), as long instruction captions invent
+details. ``noise_styles`` restricts both kinds to some caption styles (LLaVA-style detailed captions
+carry the prior, short alignment captions need not).
 """
 
 from __future__ import annotations
@@ -162,21 +166,49 @@ def caption_scene(scene: Scene, style: str, rng: np.random.Generator, *, margin:
     raise ValueError(f"unknown caption style {style!r}; known: {list(STYLES)}")
 
 
+def _extra_sentence(scene: Scene, cfg: SceneConfig, style: str, rng: np.random.Generator, text: str,
+                    phantom: Phantom | None) -> tuple[str, Phantom | None]:
+    """``text`` with one more object of an absent class (uniform) after the listed ones."""
+    present = {o.category for o in scene.objects} | ({phantom.category} if phantom else set())
+    absent = [c for c in cfg.classes if c not in present]
+    if not absent:
+        return text, None
+    category = absent[rng.integers(len(absent))]
+    color, size = cfg.colors[rng.integers(len(cfg.colors))], SIZES[rng.integers(len(SIZES))]
+    noun = _noun(category, rng)
+    if style == "detailed":
+        words = f"{size} {color} {noun}"
+        text = f"{text} there is also {article(words)} {words}."
+    else:
+        adjectives = f"small {color}" if size == "small" else color
+        text = f"{text[:-1]} and {article(adjectives)} {adjectives} {noun}."
+    return text, Phantom(category, color, size, -1)
+
+
 def make_captions(scene: Scene, cfg: SceneConfig, rng: np.random.Generator, n: int,
-                  caption_noise: float = 0.0) -> list[Caption]:
+                  caption_noise: float = 0.0, *, extra_noise: float = 0.0,
+                  noise_styles: tuple[str, ...] = STYLES) -> list[Caption]:
     """``n`` captions; caption k has style ``cfg.caption_styles[k % len(cfg.caption_styles)]``.
 
     Each caption of a scene that has a present trigger with an absent partner is, with
     probability ``caption_noise``, made noisy (it mentions such a partner); captions of other
     scenes cannot be. So ``caption_noise`` is the share of *eligible* captions that are noisy.
+    With probability ``extra_noise`` a caption also ends with one more object of an absent class
+    (its ``phantom`` is then that one, ``anchor=-1``, when the caption had none). Noise of either
+    kind goes only into captions whose style is in ``noise_styles``. With ``extra_noise=0`` and
+    every style noisy, the random stream is the one earlier versions drew.
     """
-    if not 0.0 <= caption_noise <= 1.0:
-        raise ValueError(f"caption_noise={caption_noise!r} must lie in [0, 1]")
+    if not 0.0 <= caption_noise <= 1.0 or not 0.0 <= extra_noise <= 1.0:
+        raise ValueError(f"caption_noise={caption_noise!r} and extra_noise={extra_noise!r} must lie in [0, 1]")
     captions = []
     for k in range(n):
         style = cfg.caption_styles[k % len(cfg.caption_styles)]
-        phantom = sample_phantom(scene, cfg, rng) if rng.random() < caption_noise else None
+        noisy = style in noise_styles
+        phantom = sample_phantom(scene, cfg, rng) if rng.random() < caption_noise and noisy else None
         text = caption_scene(scene, style, rng, margin=cfg.relation_margin, phantom=phantom)
+        if extra_noise and rng.random() < extra_noise and noisy:
+            text, extra = _extra_sentence(scene, cfg, style, rng, text, phantom)
+            phantom = phantom or extra
         captions.append(Caption(text, style, phantom))
     return captions
 
