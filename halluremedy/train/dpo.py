@@ -49,6 +49,7 @@ from halluremedy.models.packed import (
     rows_argmax,
     score_response_rows,
 )
+from halluremedy.train.distributed import all_reduce_sum, barrier, current_shard
 from halluremedy.train.loop import LoopConfig, train_loop
 from halluremedy.train.losses import PairLogps, dpo_objective, nll_term, povid_stage2_loss
 from halluremedy.train.sft import EpochSampler
@@ -160,11 +161,10 @@ class PreferenceBatches:
         return len(self.encoded)
 
     def epoch_of(self, index: int) -> int:
-        return index * self.batch_size // len(self.encoded)
+        return self.sampler.epoch_of(index, self.batch_size)
 
     def batch(self, index: int) -> PreferenceBatch:
-        rows = self.sampler.take(index * self.batch_size, self.batch_size)
-        return self.make_batch(rows)
+        return self.make_batch(self.sampler.batch_rows(index, self.batch_size))
 
     def make_batch(self, rows: list[int]) -> PreferenceBatch:
         recs = [self.encoded[r] for r in rows]
@@ -308,24 +308,29 @@ def precompute_reference(model: torch.nn.Module, batches: PreferenceBatches, obj
 
     Saved: ``chosen`` (n,), ``rejected`` (n, k_max) (NaN-padded), and for stage 2 ``noise`` (epochs, n):
     the reference's argmax-token sums under the noise each record gets in each epoch. Keyed by
-    record index; the file's metadata holds the seed, stage and record count it is valid for.
+    record index; the file's metadata holds the seed, stage and record count it is valid for. Under
+    torchrun every rank scores its share of the records and gets the whole cache; rank 0 writes the file.
     """
     objective.check_batches(batches)
     device = next(model.parameters()).device
+    shard = current_shard()
     n = len(batches)
     k_max = max(len(e.rejected) for e in batches.encoded)
-    chosen = torch.empty(n)
-    rejected = torch.full((n, k_max), float("nan"))
-    noise = torch.empty(epochs if objective.stage == 2 else 0, n)
+    # Each rank scores every world-th chunk of records; the sums of the zero-filled tables are the cache.
+    chosen = torch.zeros(n)
+    rejected = torch.zeros(n, k_max)
+    noise = torch.zeros(epochs if objective.stage == 2 else 0, n)
     model.eval()
+    starts = range(shard.rank * batch_size, n, batch_size * shard.world)
     with torch.no_grad():
-        for start in tqdm(range(0, n, batch_size), desc="reference log-probs", leave=False):
+        for start in tqdm(starts, desc="reference log-probs", leave=False, disable=not shard.is_main):
             rows = list(range(start, min(n, start + batch_size)))
             batch = batches.make_batch(rows)
             images01 = batches.bank.get01(batch.files).to(device)
             clean = batches.bank.normalize(images01).to(model.dtype)
             logps = score_batch(model, batch, clean, None)
             chosen[rows] = logps.summed[batch.chosen_index].cpu()
+            rejected[rows] = float("nan")  # padding where a record has fewer than k_max rejected answers
             for pos, (c, r) in zip(_pair_rows(batch), batch.pairs.tolist()):
                 rejected[rows[pos], r - c - 1] = logps.summed[r].cpu()
             for epoch in range(noise.shape[0]):
@@ -334,12 +339,14 @@ def precompute_reference(model: torch.nn.Module, batches: PreferenceBatches, obj
                 argmax = noise_argmax(model, batch.chosen_only, noised)
                 noise[epoch, rows] = score_batch(model, batch, clean, argmax,
                                                  rules=objective.noise_position_rules).noise[batch.chosen_index].cpu()
+    tensors = {"chosen": all_reduce_sum(chosen), "rejected": all_reduce_sum(rejected), "noise": all_reduce_sum(noise)}
     meta = {"seed": str(seed), "stage": str(objective.stage), "records": str(n), "epochs": str(epochs),
             "noise_step": str(objective.noise_step), "noise_positions": objective.noise_positions}
-    tensors = {"chosen": chosen, "rejected": rejected, "noise": noise}
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    save_file(tensors, tmp, metadata=meta)
-    os.replace(tmp, path)
+    if shard.is_main:
+        tmp = Path(path).with_name(Path(path).name + ".tmp")
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    barrier()
     return tensors
 
 

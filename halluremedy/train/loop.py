@@ -44,6 +44,15 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from halluremedy.train.distributed import (
+    all_gather_stacked,
+    all_reduce_mean,
+    all_reduce_sum,
+    barrier,
+    current_shard,
+    wrap_micro_step,
+)
+
 MicroStep = Callable[[int, int], tuple[torch.Tensor, dict[str, float]]]
 SETTINGS, CHECKPOINT = "settings.json", "checkpoint"
 
@@ -105,9 +114,18 @@ def _join_tensors(obj: Any, tensors: Mapping[str, torch.Tensor], where: Path) ->
     raise ValueError(f"{where}: malformed checkpoint state entry {str(obj)[:80]}")
 
 
+def rng_states() -> dict[str, torch.Tensor]:
+    """Every rank's RNG states, ``(world, n)`` uint8 per generator (a collective: call on all ranks)."""
+    rng = {"torch": all_gather_stacked(torch.get_rng_state())}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = all_gather_stacked(torch.cuda.get_rng_state())
+    return rng
+
+
 def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer, scheduler, step: int,
-                    nonfinite_steps: int = 0) -> None:
-    """Write ``out_dir/checkpoint`` through a temporary directory and a rename.
+                    nonfinite_steps: int = 0, rng: dict[str, torch.Tensor] | None = None) -> None:
+    """Write ``out_dir/checkpoint`` through a temporary directory and a rename (rank 0 alone calls
+    it, with ``rng = rng_states()`` gathered on every rank).
 
     Refuses (``FloatingPointError``) to write weights that are not all finite."""
     weights = trainable_state(model)
@@ -115,9 +133,7 @@ def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer, scheduler,
     if bad:
         raise FloatingPointError(f"not saving step {step}: non-finite values in {len(bad)} trainable tensors "
                                  f"({bad[0]}, ...)")
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    rng = rng if rng is not None else rng_states()
     tensors: dict[str, torch.Tensor] = {}
     state = _split_tensors({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                             "nonfinite_steps": nonfinite_steps, "rng": rng}, tensors)
@@ -158,11 +174,15 @@ def load_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer, scheduler)
     with torch.no_grad():
         for n, w in weights.items():
             params[n].copy_(w)
+    shard = current_shard()
+    if state["rng"]["torch"].shape[0] != shard.world:
+        raise ValueError(f"{ckpt}: written by {state['rng']['torch'].shape[0]} processes; resume with the same "
+                         f"number (torchrun --nproc_per_node), not {shard.world}")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
+    torch.set_rng_state(state["rng"]["torch"][shard.rank].clone())  # a row view would be read from its offset 0
     if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        torch.cuda.set_rng_state(state["rng"]["cuda"][shard.rank].clone())
     return int(state["step"]), int(state["nonfinite_steps"])
 
 
@@ -221,8 +241,12 @@ def train_loop(model: torch.nn.Module, micro_step: MicroStep, cfg: LoopConfig, o
     """Run ``cfg.steps`` optimiser steps; returns the logged metric rows (also in ``metrics.jsonl``).
 
     ``settings``: what else defines the run (objective, data, model), stored with the loop settings in
-    ``OUT/settings.json`` and compared on resume."""
+    ``OUT/settings.json`` and compared on resume.
+
+    Under ``torchrun`` (:mod:`halluremedy.train.distributed`) every rank runs this with its shard of
+    the data: gradients are averaged over ranks, metrics too, and rank 0 alone writes files."""
     out_dir = Path(out_dir)
+    shard = current_shard()
     out_dir.mkdir(parents=True, exist_ok=True)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
@@ -230,7 +254,7 @@ def train_loop(model: torch.nn.Module, micro_step: MicroStep, cfg: LoopConfig, o
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * cfg.steps), cfg.steps)
-    run_settings = {"loop": asdict(cfg), **(settings or {})}
+    run_settings = {"loop": asdict(cfg), "world_size": shard.world, **(settings or {})}
     metrics_path = out_dir / "metrics.jsonl"
     start, skipped, last_good = 0, 0, None
     if resume and (out_dir / CHECKPOINT).exists():
@@ -240,30 +264,37 @@ def train_loop(model: torch.nn.Module, micro_step: MicroStep, cfg: LoopConfig, o
         last_good = start
         if allow_changes:
             _apply_new_schedule(optimizer, scheduler, cfg)
-        _truncate_metrics(metrics_path, start)
-    elif metrics_path.exists():
+        if shard.is_main:
+            _truncate_metrics(metrics_path, start)
+    elif metrics_path.exists() and shard.is_main:
         metrics_path.unlink()
-    (out_dir / SETTINGS).write_text(json.dumps(run_settings, indent=2))
+    if shard.is_main:
+        (out_dir / SETTINGS).write_text(json.dumps(run_settings, indent=2))
+    step_fn, sync = wrap_micro_step(model, micro_step)
 
     device = next(model.parameters()).device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     rows: list[dict] = []
     model.train()
-    bar = tqdm(range(start, cfg.steps), desc=desc, initial=start, total=cfg.steps, leave=False)
+    bar = tqdm(range(start, cfg.steps), desc=desc, initial=start, total=cfg.steps, leave=False,
+               disable=not shard.is_main)
     for step in bar:
         sums: dict[str, float] = {}
         losses, batches = [], []
         for micro in range(cfg.grad_accum):
-            with autocast:
-                loss, metrics = micro_step(step, micro)
-            (loss / cfg.grad_accum).backward()
+            with sync(micro == cfg.grad_accum - 1):
+                with autocast:
+                    loss, metrics = step_fn(step, micro)
+                (loss / cfg.grad_accum).backward()
             losses.append(loss.detach().float())
             batches.append(metrics.get("batch", "?"))
             for k, v in metrics.items():
                 if k != "batch" and isinstance(v, (int, float)):
                     sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum
+        if shard.world > 1:  # every rank the same means, and the same verdict on finiteness
+            sums = dict(zip(sums, all_reduce_mean(torch.tensor(list(sums.values()), dtype=torch.float64)).tolist()))
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        losses_t = torch.stack(losses)
+        losses_t = all_reduce_sum(torch.stack(losses))
         if not bool(torch.isfinite(losses_t).all() & torch.isfinite(grad_norm)):  # one host sync per step
             optimizer.zero_grad(set_to_none=True)
             skipped += 1
@@ -280,7 +311,7 @@ def train_loop(model: torch.nn.Module, micro_step: MicroStep, cfg: LoopConfig, o
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+        if shard.is_main and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
             row = {"step": step + 1, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), **sums,
                    "nonfinite_steps": skipped}
             rows.append(row)
@@ -288,7 +319,10 @@ def train_loop(model: torch.nn.Module, micro_step: MicroStep, cfg: LoopConfig, o
                 f.write(_json_row(row) + "\n")
             bar.set_postfix(loss=f"{sums.get('loss', float('nan')):.4f}")
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
-            save_checkpoint(out_dir, model, optimizer, scheduler, step + 1, skipped)
+            rng = rng_states()
+            if shard.is_main:
+                save_checkpoint(out_dir, model, optimizer, scheduler, step + 1, skipped, rng)
+            barrier()
             last_good = step + 1
     return rows
 

@@ -22,6 +22,7 @@ from halluremedy.data.preference import PreferenceRecord
 from halluremedy.eval.run import object_vocabulary
 from halluremedy.models.llava import image_seq_length, load_model, save_model
 from halluremedy.models.lora import add_lora, merge_lora
+from halluremedy.train.distributed import barrier, current_shard
 from halluremedy.train.dpo import (
     PreferenceBatches,
     PreferenceObjective,
@@ -85,10 +86,13 @@ def _finished(out_dir: Path, settings: dict[str, Any], resume: bool, allow_chang
 
 
 def _finish(model, processor, out_dir: Path, spec: TuningSpec, keys: list[str], settings: dict[str, Any]) -> Path:
-    plot_metrics(out_dir, keys)
-    merged = merge_lora(model) if spec.lora else model
-    save_model(merged, processor, out_dir / "model")
-    write_json_atomic(out_dir / "recipe.json", settings, indent=2)
+    """Merge the adapters and save ``OUT/model`` (rank 0; the other ranks wait for it)."""
+    if current_shard().is_main:
+        plot_metrics(out_dir, keys)
+        merged = merge_lora(model) if spec.lora else model
+        save_model(merged, processor, out_dir / "model")
+        write_json_atomic(out_dir / "recipe.json", settings, indent=2)
+    barrier()
     return out_dir / "model"
 
 
@@ -120,7 +124,7 @@ def run_preference_stage(model_dir: str | os.PathLike, records: list[PreferenceR
                                 present_words=present_words(dataset) if needs_words else None)
     ref = Reference(reference, model)
     if reference == "precomputed":
-        epochs = -(-spec.steps * spec.grad_accum * spec.batch_size // len(records))
+        epochs = -(-spec.steps * spec.grad_accum * spec.batch_size * current_shard().world // len(records))
         path = out_dir / "reference_logps.safetensors"
         out_dir.mkdir(parents=True, exist_ok=True)
         if resume and path.exists():

@@ -17,17 +17,31 @@ from vlm_kernels import diffusion_noise
 
 from halluremedy.data.conversation import IGNORE_INDEX, Conversation, ConversationEncoder, pad_right
 from halluremedy.data.images import ImageBank
+from halluremedy.train.distributed import Shard, current_shard, global_token_scale
 from halluremedy.train.loop import LoopConfig, train_loop
 
 
 class EpochSampler:
-    """Index ``i`` of an endless stream of epochs, each a seeded permutation of ``range(n)``."""
+    """Index ``i`` of an endless stream of epochs, each a seeded permutation of ``range(n)``.
 
-    def __init__(self, n: int, seed: int):
+    Micro-batch ``index`` of ``batch_size`` records per rank (:meth:`batch_rows`) is the ``shard.rank``-th
+    slice of global micro-batch ``index`` (``batch_size * shard.world`` records), so the ranks of a
+    data-parallel run together see what one process with ``world`` times the micro-batch sees."""
+
+    def __init__(self, n: int, seed: int, shard: Shard | None = None):
         if n == 0:
             raise ValueError("no training records")
         self.n, self.seed = n, seed
+        self.shard = shard or current_shard()
         self._cache: dict[int, np.ndarray] = {}
+
+    def batch_rows(self, index: int, batch_size: int) -> list[int]:
+        """This rank's records of micro-batch ``index``."""
+        return self.take((index * self.shard.world + self.shard.rank) * batch_size, batch_size)
+
+    def epoch_of(self, index: int, batch_size: int) -> int:
+        """The epoch global micro-batch ``index`` starts in."""
+        return index * batch_size * self.shard.world // self.n
 
     def take(self, start: int, count: int) -> list[int]:
         out = []
@@ -91,7 +105,7 @@ class SupervisedBatches:
         self.noise = noise
 
     def batch(self, index: int) -> dict[str, torch.Tensor]:
-        rows = self.sampler.take(index * self.batch_size, self.batch_size)
+        rows = self.sampler.batch_rows(index, self.batch_size)
         ids = pad_right([self.encoded[r][0] for r in rows], self.pad_id)
         labels = pad_right([self.encoded[r][1] for r in rows], IGNORE_INDEX)
         mask = pad_right([[1] * len(self.encoded[r][0]) for r in rows], 0)
@@ -112,7 +126,9 @@ def train_sft(model: torch.nn.Module, batches: SupervisedBatches, cfg: LoopConfi
         index = step * cfg.grad_accum + micro
         b = {k: v.to(device) for k, v in batches.batch(index).items()}
         b["pixel_values"] = b["pixel_values"].to(model.dtype)
-        loss = model(**b).loss
+        loss = model(**b).loss  # mean over this micro-batch's assistant tokens
+        if batches.sampler.shard.world > 1:  # the mean over every rank's tokens, once DDP averages
+            loss = loss * global_token_scale((b["labels"][:, 1:] != IGNORE_INDEX).sum())
         return loss, {"loss": loss.item(), "batch": index}
 
     return train_loop(model, micro_step, cfg, out_dir, resume=resume, allow_changes=allow_changes,

@@ -1,31 +1,12 @@
-"""Hand-made diagnosis inputs: a four-class vocabulary, truth images and a fake model's answers."""
+"""A fake model's probe run over hand-made diagnosis inputs (``helpers``: vocabulary, truth images)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import CATS, o, truth
 
-from halluremedy.data.coco import CocoObject
-from halluremedy.diagnose import (
-    ProbeRun,
-    TruthImage,
-    attribute_probes,
-    existence_probes,
-)
-from halluremedy.eval.chair import ObjectVocabulary
-
-CATS = ["circle", "square", "star", "moon"]
-VOCAB = ObjectVocabulary.from_synonyms({"circle": ["circle", "disc"], "square": ["square"], "star": ["star"],
-                                        "moon": ["moon"]})
-WORDS = {"red": "color", "blue": "color", "green": "color", "small": "size", "large": "size"}
-
-
-def o(category: str, color: str = "red", size: str = "large") -> CocoObject:
-    return CocoObject(category, (0.0, 0.0, 4.0, 4.0), {"color": color, "size": size})
-
-
-def truth(image_id: int, *objects: CocoObject) -> TruthImage:
-    return TruthImage(image_id, f"{image_id}.png", objects, frozenset(x.category for x in objects))
+from halluremedy.diagnose import ProbeRun, attribute_probes, existence_probes
 
 
 @pytest.fixture

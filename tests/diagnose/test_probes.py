@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from helpers import CATS, VOCAB, WORDS, o, truth
 
 from halluremedy.data.coco import CocoObject
 from halluremedy.diagnose import (
@@ -22,8 +23,6 @@ from halluremedy.diagnose import (
 )
 from halluremedy.diagnose.probes import misnamed_objects, stated_attributes, stated_counts
 from halluremedy.prompts import pope_question
-
-from .conftest import CATS, VOCAB, WORDS, o, truth
 
 
 def test_existence_probes_ask_every_class():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import VOCAB
 from PIL import Image
 
 from halluremedy.diagnose import (
@@ -13,8 +14,6 @@ from halluremedy.diagnose import (
     write_comparison,
     write_report,
 )
-
-from .conftest import VOCAB
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from helpers import VOCAB
 
 from halluremedy.data.conversation import load_conversations
 from halluremedy.data.preference import load_preferences, write_preferences
@@ -25,8 +26,6 @@ from halluremedy.generate.targeted import _relation as relation_of
 from halluremedy.models.tokenizer import split_words
 from halluremedy.pipeline import scene_model_texts
 from halluremedy.prompts import POPE_SUFFIX
-
-from .conftest import VOCAB
 
 
 @pytest.fixture(scope="module")

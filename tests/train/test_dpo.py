@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_preference_records
 
 from halluremedy.data.conversation import ConversationEncoder
 from halluremedy.data.images import ImageBank
-from halluremedy.data.preference import PreferenceRecord
 from halluremedy.models.llava import save_model
 from halluremedy.models.lora import add_lora
 from halluremedy.train.dpo import (
@@ -28,22 +28,12 @@ from halluremedy.train.povid import TuningSpec, present_words, run_preference_st
 PROMPT = "Describe this image."
 
 
-def _records(ds):
-    recs = []
-    for k, im in enumerate(ds.images):
-        truth = im.captions[0]
-        rejected = (truth.replace("square", "circle"),) if k % 2 else (truth.replace("a ", "a green ", 1),
-                                                                      truth + " and a bar")
-        recs.append(PreferenceRecord(str(k), im.file_name, PROMPT, truth, rejected))
-    return recs
-
-
 @pytest.fixture
 def setup(tiny_coco, tiny_llava_factory):
     model, processor = tiny_llava_factory(5)
     encoder = ConversationEncoder(processor.tokenizer, 16)
     bank = ImageBank(tiny_coco, processor.image_processor)
-    records = _records(tiny_coco)
+    records = tiny_preference_records(tiny_coco)
     return model, records, encoder, PreferenceBatches(records, encoder, bank, 3, seed=0,
                                                       present_words=present_words(tiny_coco))
 
@@ -126,7 +116,7 @@ def test_scores_and_noise_argmax_match_full_logit_transcription(setup, tiny_coco
 def test_present_rule_needs_present_words(tiny_coco, tiny_llava_factory):
     _, processor = tiny_llava_factory(5)
     encoder = ConversationEncoder(processor.tokenizer, 16)
-    batches = PreferenceBatches(_records(tiny_coco), encoder, ImageBank(tiny_coco, processor.image_processor), 3, 0)
+    batches = PreferenceBatches(tiny_preference_records(tiny_coco), encoder, ImageBank(tiny_coco, processor.image_processor), 3, 0)
     PreferenceObjective(stage=2, noise_positions="seen,novel").check_batches(batches)
     with pytest.raises(ValueError, match="present_words"):
         PreferenceObjective(stage=2, noise_positions="novel,present").check_batches(batches)
@@ -137,7 +127,7 @@ def test_preference_stage_gives_the_present_rule_its_words(tiny_coco, tiny_llava
     save_model(model, processor, tmp_path / "base")
     spec = TuningSpec(steps=1, batch_size=3, lora_r=4, lora_alpha=8)
     objective = PreferenceObjective(stage=2, noise_positions="seen,novel,present")
-    out = run_preference_stage(tmp_path / "base", _records(tiny_coco), tiny_coco, tmp_path / "stage2", objective, spec)
+    out = run_preference_stage(tmp_path / "base", tiny_preference_records(tiny_coco), tiny_coco, tmp_path / "stage2", objective, spec)
     assert (out / "model.safetensors").exists()
 
 
