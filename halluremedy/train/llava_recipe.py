@@ -1,0 +1,223 @@
+"""LLaVA-1.5's recipe on the scene world: a pretrained, frozen tower, projector alignment, instruction tuning.
+
+LLaVA-1.5 starts from a contrastively pretrained CLIP tower and a pretrained LM, then
+
+* stage 1 (feature alignment): short image-caption pairs, only the projector trains;
+* stage 2 (visual instruction tuning): detailed descriptions, conversations and VQA, projector and
+  LM train, the tower stays frozen.
+
+Here (:func:`train_llava_base`), on scenes rendered in memory:
+
+0. the tower: :func:`~halluremedy.models.vision_pretrain.pretrain_tower` (or a given tower dir);
+1. ``text``: the LM alone on the captions as plain text (no image): LLaVA's LM arrives pretrained on
+   text, and a frozen random LM would make projector alignment meaningless. It also learns the
+   captions' language prior, as a real LM carries its corpus's;
+2. ``align`` (stage A): short, clean captions, only the projector trains;
+3. ``instruct`` (stage B): detailed captions carrying the prior a real instruction set carries
+   (``partner_noise``: share of eligible captions that also name the absent co-occurrence partner of
+   a present object; ``extra_noise``: share that add a plausible last sentence naming an absent
+   class), short captions and yes/no existence QA; projector and LM train, the tower frozen.
+
+Stages 1-3 go through :func:`~halluremedy.train.sft.train_sft` (the shared loop) on a
+:class:`MemoryImageBank`. The result is an ordinary tiny LLaVA directory (``OUT/model``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from halluremedy.data.conversation import IGNORE_INDEX, Conversation, ConversationEncoder, Turn, pad_right
+from halluremedy.data.scenes.captions import make_captions
+from halluremedy.data.scenes.world import SceneConfig
+from halluremedy.data.sft import existence_turn
+from halluremedy.models.llava import CLIP_MEAN, CLIP_STD, TinyLlavaSpec, build_tiny_llava, save_model
+from halluremedy.models.vision_pretrain import VisionPretrainSpec, load_tower, pretrain_tower, render_scenes
+from halluremedy.prompts import CAPTION_PROMPT, DETAILED_CAPTION_PROMPT
+from halluremedy.train.loop import LoopConfig, train_loop
+from halluremedy.train.sft import SupervisedBatches, train_sft
+
+__all__ = ["Stage", "LlavaRecipeSpec", "MemoryImageBank", "recipe_conversations", "train_llava_base"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    steps: int
+    lr: float
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.lr <= 0:
+            raise ValueError(f"a stage needs steps >= 0 and lr > 0, got {self}")
+
+
+@dataclass(frozen=True)
+class LlavaRecipeSpec:
+    """Everything that defines the LLaVA-like base except the tower's own recipe (``tower``)."""
+
+    tower: VisionPretrainSpec = field(default_factory=VisionPretrainSpec)
+    text: Stage = Stage(600, 2e-3)
+    align: Stage = Stage(300, 2e-3)
+    instruct: Stage = Stage(2400, 1e-3)
+    scenes: int = 20000  # of the training scenes' stream (seed ``scene_seed``), rendered in memory
+    scene_seed: int = 1  # the default training split's stream: its first 4000 are runs/scenes/train
+    partner_noise: float = 0.6  # detailed captions only
+    extra_noise: float = 0.2  # detailed captions only
+    questions_per_image: int = 2
+    batch_size: int = 32
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.01
+    seed: int = 0
+    text_hidden: int = 128
+    text_layers: int = 3
+    text_heads: int = 4
+    text_intermediate: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("partner_noise", "extra_noise"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"LlavaRecipeSpec.{name}={getattr(self, name)!r} must lie in [0, 1]")
+        if self.scenes < 1 or self.batch_size < 1 or self.questions_per_image < 0:
+            raise ValueError(f"LlavaRecipeSpec needs scenes >= 1, batch_size >= 1, questions_per_image >= 0: {self}")
+
+    def model_spec(self) -> TinyLlavaSpec:
+        t = self.tower
+        return TinyLlavaSpec(image_size=t.image_size, patch_size=t.patch_size, vision_hidden=t.hidden,
+                             vision_layers=t.layers, vision_heads=t.heads, text_hidden=self.text_hidden,
+                             text_layers=self.text_layers, text_heads=self.text_heads,
+                             text_intermediate=self.text_intermediate)
+
+
+class MemoryImageBank:
+    """:class:`~halluremedy.data.images.ImageBank`'s interface over in-memory uint8 pixels."""
+
+    def __init__(self, names: list[str], images_u8: torch.Tensor):
+        self.mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(CLIP_STD, dtype=torch.float32).view(1, -1, 1, 1)
+        self.index = {n: k for k, n in enumerate(names)}
+        self.images_u8 = images_u8
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.index
+
+    def get01(self, names) -> torch.Tensor:
+        return self.images_u8[[self.index[n] for n in names]].float() / 255.0
+
+    def normalize(self, images01: torch.Tensor) -> torch.Tensor:
+        return (images01 - self.mean.to(images01.device)) / self.std.to(images01.device)
+
+    def pixels(self, names) -> torch.Tensor:
+        return self.normalize(self.get01(names))
+
+
+def recipe_conversations(scenes, spec: LlavaRecipeSpec, cfg: SceneConfig) -> dict[str, list[Conversation]]:
+    """Per stage, its conversations over ``scenes`` (image ``i`` named ``scene_{i:06d}``): ``align``
+    the short clean captions; ``instruct`` one detailed caption (noisy as the spec says), the short
+    caption and ``questions_per_image`` yes/no questions (a present class, then an absent one);
+    ``text`` the captions of ``instruct`` (text only: the image is never read)."""
+    out: dict[str, list[Conversation]] = {"align": [], "instruct": []}
+    classes = cfg.classes
+    for i, scene in enumerate(scenes):
+        name = f"scene_{i:06d}"
+        rng = np.random.default_rng([spec.scene_seed, i, 1])
+        short, detailed = make_captions(scene, cfg, rng, 2, spec.partner_noise, extra_noise=spec.extra_noise,
+                                        noise_styles=("detailed",))
+        out["align"].append(Conversation(name, (Turn(CAPTION_PROMPT, short.text),), id=f"{name}/short"))
+        out["instruct"].append(Conversation(name, (Turn(DETAILED_CAPTION_PROMPT, detailed.text),), id=f"{name}/detailed"))
+        out["instruct"].append(Conversation(name, (Turn(CAPTION_PROMPT, short.text),), id=f"{name}/short"))
+        present = sorted({o.category for o in scene.objects})
+        absent = [c for c in classes if c not in present]
+        qrng = np.random.default_rng([spec.scene_seed, i, 2])
+        for q in range(spec.questions_per_image):
+            pool, yes = (present, True) if q % 2 == 0 else (absent, False)
+            if pool:
+                out["instruct"].append(Conversation(name, (existence_turn(pool[qrng.integers(len(pool))], yes),),
+                                                    id=f"{name}/exists{q}"))
+    out["text"] = [c for c in out["instruct"] if "/exists" not in (c.id or "")]
+    return out
+
+
+def _freeze(model, trainable: str) -> None:
+    """``trainable``: "lm" (LM + head), "projector", or "projector+lm"; the tower never trains."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    parts = {"lm": [model.model.language_model, model.lm_head], "projector": [model.model.multi_modal_projector],
+             "projector+lm": [model.model.multi_modal_projector, model.model.language_model, model.lm_head]}[trainable]
+    for module in parts:
+        for p in module.parameters():
+            p.requires_grad_(True)
+
+
+def _train_text(model, conversations: list[Conversation], encoder: ConversationEncoder, stage: Stage,
+                spec: LlavaRecipeSpec, out_dir: Path) -> None:
+    """Stage ``text``: next-token loss on ``<s> caption </s>``, no image tokens."""
+    tok = encoder.tokenizer
+    seqs = [[tok.bos_token_id] + encoder.response_ids(c.turns[0].assistant) for c in conversations]
+    rng_seed = spec.seed
+
+    def micro_step(step: int, micro: int):
+        rows = np.random.default_rng([rng_seed, step, 3]).integers(len(seqs), size=spec.batch_size)
+        ids = pad_right([seqs[r] for r in rows], tok.pad_token_id)
+        mask = pad_right([[1] * len(seqs[r]) for r in rows], 0)
+        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        return loss, {"loss": loss.item()}
+
+    cfg = LoopConfig(steps=stage.steps, lr=stage.lr, warmup_ratio=spec.warmup_ratio, weight_decay=spec.weight_decay,
+                     log_every=50, save_every=10**9)
+    train_loop(model, micro_step, cfg, out_dir, desc="text")
+
+
+def train_llava_base(spec: LlavaRecipeSpec, out_dir: str | os.PathLike, *, tower_dir: str | os.PathLike | None = None,
+                     texts: list[str] | None = None, progress: bool = True) -> Path:
+    """Run the whole recipe into ``OUT`` (``OUT/tower`` unless ``tower_dir`` is given, ``OUT/stage_*``
+    logs, ``OUT/model`` the LLaVA, ``OUT/recipe.json`` the spec and stage times); returns ``OUT/model``."""
+    from halluremedy.pipeline import scene_model_texts  # pipeline imports the train package
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    t0 = time.time()
+    if tower_dir is None:
+        pretrain_tower(spec.tower, out, progress=progress)
+        tower_dir = out / "tower"
+        times["tower_s"] = round(time.time() - t0, 1)
+    tower, _ = load_tower(tower_dir)
+    model, processor = build_tiny_llava(spec.model_spec(), texts or scene_model_texts(), seed=spec.seed)
+    missing = model.model.vision_tower.load_state_dict(tower.state_dict(), strict=True)
+    assert not missing.missing_keys and not missing.unexpected_keys
+    cfg = SceneConfig(image_size=spec.tower.image_size)
+    t1 = time.time()
+    images, scenes = render_scenes(spec.scenes, spec.scene_seed, cfg)
+    data = recipe_conversations(scenes, spec, cfg)
+    bank = MemoryImageBank([f"scene_{i:06d}" for i in range(len(scenes))], images)
+    encoder = ConversationEncoder(processor.tokenizer, spec.model_spec().image_tokens,
+                                  max_length=spec.model_spec().max_positions)
+    times["data_s"] = round(time.time() - t1, 1)
+    for name, trainable in (("text", "lm"), ("align", "projector"), ("instruct", "projector+lm")):
+        stage: Stage = getattr(spec, name)
+        if not stage.steps:
+            continue
+        t = time.time()
+        _freeze(model, trainable)
+        model.train()
+        if name == "text":
+            _train_text(model, data["text"], encoder, stage, spec, out / f"stage_{name}")
+        else:
+            batches = SupervisedBatches(data[name], encoder, bank, spec.batch_size, seed=spec.seed)
+            loop = LoopConfig(steps=stage.steps, lr=stage.lr, warmup_ratio=spec.warmup_ratio,
+                              weight_decay=spec.weight_decay, log_every=50, save_every=10**9)
+            train_sft(model, batches, loop, out / f"stage_{name}")
+        times[f"{name}_s"] = round(time.time() - t, 1)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+    save_model(model, processor, out / "model")
+    times["total_s"] = round(time.time() - t0, 1)
+    (out / "recipe.json").write_text(json.dumps({"spec": asdict(spec), "tower_dir": str(tower_dir), **times}, indent=1))
+    return out / "model"

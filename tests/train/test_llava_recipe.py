@@ -1,0 +1,41 @@
+"""The LLaVA-1.5-style base recipe end to end at toy size."""
+
+import json
+
+import torch
+
+from halluremedy.data.scenes.world import SceneConfig
+from halluremedy.models.llava import load_model
+from halluremedy.models.vision_pretrain import VisionPretrainSpec, load_tower, render_scenes
+from halluremedy.train.llava_recipe import LlavaRecipeSpec, Stage, recipe_conversations, train_llava_base
+
+TOWER = VisionPretrainSpec(hidden=32, layers=2, heads=2, steps=10, batch_size=16, scenes=64)
+SPEC = LlavaRecipeSpec(tower=TOWER, text=Stage(4, 1e-3), align=Stage(3, 1e-3), instruct=Stage(4, 1e-3), scenes=48,
+                       batch_size=8, text_hidden=32, text_layers=1, text_heads=2, text_intermediate=64)
+
+
+def test_conversations_carry_noise_in_detailed_captions_only():
+    spec = LlavaRecipeSpec(partner_noise=1.0, extra_noise=1.0, scenes=30)
+    cfg = SceneConfig()
+    _, scenes = render_scenes(30, 1, cfg)
+    data = recipe_conversations(scenes, spec, cfg)
+    assert len(data["align"]) == 30 and len(data["text"]) == 60
+    assert all("there is also" not in c.turns[0].assistant for c in data["align"])
+    detailed = [c.turns[0].assistant for c in data["instruct"] if c.id.endswith("/detailed")]
+    assert all("there is also" in d for d in detailed)  # every scene lacks some class, so every one gets an extra
+    clean = recipe_conversations(scenes, LlavaRecipeSpec(partner_noise=0.0, extra_noise=0.0, scenes=30), cfg)
+    assert [c.turns[0].assistant for c in clean["align"]] == [c.turns[0].assistant for c in data["align"]]
+
+
+def test_recipe_end_to_end_keeps_the_tower_frozen(tmp_path):
+    torch.manual_seed(0)
+    model_dir = train_llava_base(SPEC, tmp_path, progress=False)
+    model, processor = load_model(model_dir)
+    tower, _ = load_tower(tmp_path / "tower")
+    for (name, a), b in zip(model.model.vision_tower.state_dict().items(), tower.state_dict().values()):
+        assert torch.equal(a, b), name  # frozen in every stage
+    recipe = json.loads((tmp_path / "recipe.json").read_text())
+    assert {"tower_s", "text_s", "align_s", "instruct_s", "total_s"} <= set(recipe)
+    assert model.config.vision_config.hidden_size == 32 and model.config.image_seq_length == 16
+    for stage in ("stage_text", "stage_align", "stage_instruct"):
+        assert (tmp_path / stage / "metrics.jsonl").exists()
