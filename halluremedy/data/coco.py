@@ -16,21 +16,26 @@ Every error names the file, the record index and the field.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-import tempfile
-from collections.abc import Iterable, Sequence
+import secrets
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from PIL import Image
+from tqdm.auto import tqdm
 
-__all__ = ["CocoObject", "CocoImage", "CocoDataset", "DatasetError", "write_json_atomic", "write_coco"]
+from halluremedy.errors import ConfigError, DatasetError
 
+__all__ = ["CocoObject", "CocoImage", "CocoDataset", "DatasetError", "read_text", "write_json_atomic",
+           "write_text_atomic", "write_coco"]
 
-class DatasetError(ValueError):
-    """A dataset file is malformed; the message names file, record and field."""
+# What PIL raises for a file that is not a readable image (truncated, corrupt, not an image at all).
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -92,8 +97,34 @@ class CocoDataset:
                 return im.convert("RGB")
         except FileNotFoundError:
             raise DatasetError(f"{image.path}: image file of image_id={image.image_id} does not exist") from None
-        except OSError as e:
+        except _IMAGE_ERRORS as e:
             raise DatasetError(f"{image.path}: cannot read image of image_id={image.image_id}: {e}") from None
+
+    def check_sample_size(self, n: int, option: str) -> None:
+        """Refuse (ConfigError naming ``option``) to sample ``n`` images from a split that has fewer."""
+        if n > len(self.images):
+            raise ConfigError(f"option '{option}': {n} images asked for, but split '{self.split}' of {self.root} has "
+                              f"{len(self.images)}; pass at most {len(self.images)}")
+
+    @property
+    def instances_path(self) -> Path:
+        return self.root / "annotations" / f"instances_{self.split}.json"
+
+    def verify_images(self, *, progress: bool = False) -> None:
+        """Open and decode every image file of the split, so that a missing, truncated or corrupt one
+        is found before any training, not when evaluation reaches it. Raises DatasetError naming the
+        instances record (``images[k]``), its ``file_name`` and the file."""
+        order = {iid: k for k, iid in enumerate(im.image_id for im in self.images)}
+        bar = None if progress else True  # None: a bar on a terminal only, none in logs
+        for im in tqdm(self.images, desc=f"checking {self.split} images", disable=bar, leave=False):
+            where = f"{self.instances_path}: images[{order[im.image_id]}] (id {im.image_id}) field 'file_name'"
+            try:
+                with Image.open(im.path) as f:
+                    f.load()
+            except FileNotFoundError:
+                raise DatasetError(f"{where}: {im.path} does not exist") from None
+            except _IMAGE_ERRORS as e:
+                raise DatasetError(f"{where}: {im.path} is not a readable image: {one_line_reason(e)}") from None
 
     @classmethod
     def load(cls, root: str | os.PathLike, split: str, *, require_captions: bool = False,
@@ -162,7 +193,10 @@ class CocoDataset:
 
         image_dir = root / split
         images = []
-        for iid, (fname, w, h) in meta.items():
+        for k, (iid, (fname, w, h)) in enumerate(meta.items()):
+            if not fname or "\x00" in fname:
+                raise DatasetError(f"{inst_path}: images[{k}] field 'file_name' must be a non-empty file name, "
+                                   f"got {fname!r}")
             path = image_dir / fname
             if check_files and not path.is_file():
                 raise DatasetError(f"{inst_path}: image {iid} file_name '{fname}' not found at {path}")
@@ -171,14 +205,39 @@ class CocoDataset:
         return cls(root, split, images, categories, synonyms or None)
 
 
-def _read_json(path: Path) -> dict:
+def one_line_reason(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The whole file as text, strictly UTF-8 (a leading BOM dropped). Raises DatasetError naming the
+    file for a missing or unreadable file, and file, line and byte offset for bytes that are not UTF-8."""
+    path = Path(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise DatasetError(f"{path}: file does not exist") from None
+    except IsADirectoryError:
+        raise DatasetError(f"{path}: is a directory, not a file") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DatasetError(f"{path}:{line}: not valid UTF-8 at byte offset {e.start} (byte 0x{data[e.start]:02x}: "
+                           f"{e.reason}); save the file as UTF-8") from None
+    return text.removeprefix("\ufeff")
+
+
+def _read_json(path: Path) -> dict:
+    text = read_text(path)
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except (ValueError, RecursionError) as e:  # an integer of > 4300 digits, nesting too deep
+        raise DatasetError(f"{path}: unreadable JSON: {one_line_reason(e)}") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: top level must be a JSON object")
     return data
@@ -195,18 +254,32 @@ def _field(record: object, name: str, kind: type, path: Path, table: str, index:
     return value
 
 
-def write_json_atomic(path: str | os.PathLike, obj: object, *, indent: int | None = None) -> None:
-    """Write JSON through a temporary file + rename, so a crash never leaves half a file."""
+def write_text_atomic(path: str | os.PathLike, write: Callable[[TextIO], object]) -> None:
+    """``write(f)`` into a temporary file beside ``path``, then rename it over ``path``: a crash or an
+    error leaves the old file or the new one, never half of one, and no temporary file. The file gets
+    the mode a plain ``open(path, "w")`` would (0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=indent)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: object, *, indent: int | None = None) -> None:
+    """Write JSON through a temporary file + rename, so a crash never leaves half a file."""
+    write_text_atomic(path, lambda f: json.dump(obj, f, indent=indent))
 
 
 def write_coco(root: str | os.PathLike, split: str, images: Sequence[tuple[str, int, int]],

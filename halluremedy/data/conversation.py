@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from halluremedy.data.coco import DatasetError
+from halluremedy.data.coco import DatasetError, read_text, write_text_atomic
 from halluremedy.prompts import IMAGE_TOKEN, user_turn
 
 IGNORE_INDEX = -100
@@ -79,17 +79,22 @@ def parse_conversation(record: object, where: str) -> Conversation:
     return Conversation(image, parse_turns(record.get("conversations"), where), str(record.get("id", "")))
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
-    """Yield ``("file:line", record)``; malformed JSON raises DatasetError naming file and line."""
+def read_jsonl(path: str | os.PathLike, text: str | None = None) -> Iterator[tuple[str, object]]:
+    """Yield ``("file:line", record)`` of a JSONL file (or of its ``text``, already read); the file is
+    read as strict UTF-8 (:func:`~halluremedy.data.coco.read_text`), and malformed JSON raises
+    DatasetError naming file and line."""
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{n}", json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}:{n}: malformed JSON: {e.msg}") from None
+    text = read_text(path) if text is None else text
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 and friends may sit inside strings
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path}:{n}: malformed JSON: {e.msg} (column {e.colno})") from None
+        except (ValueError, RecursionError) as e:  # an integer of > 4300 digits, nesting too deep
+            raise DatasetError(f"{path}:{n}: unreadable JSON: {str(e) or type(e).__name__}") from None
+        yield f"{path}:{n}", record
 
 
 def load_conversations(path: str | os.PathLike) -> list[Conversation]:
@@ -98,13 +103,11 @@ def load_conversations(path: str | os.PathLike) -> list[Conversation]:
 
 def write_jsonl_atomic(path: str | os.PathLike, records: Sequence[dict]) -> None:
     """Write records one JSON object per line, through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "w", encoding="utf-8") as f:
+    def write(f) -> None:
         for r in records:
             f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
+
+    write_text_atomic(path, write)
 
 
 class ConversationEncoder:
@@ -143,10 +146,12 @@ class ConversationEncoder:
         return ids, labels
 
     def check_length(self, n: int, where: str) -> None:
-        """Refuse sequences over ``max_length``: image tokens are never truncated silently."""
+        """Refuse sequences over ``max_length`` (the model's context): image tokens are never truncated
+        silently."""
         if self.max_length is not None and n > self.max_length:
-            raise DatasetError(f"{where}: {n} tokens (including {self.image_seq_length} image tokens) exceed "
-                               f"max_length={self.max_length}; raise max_length or shorten the record")
+            raise DatasetError(f"{where}: {n} tokens (including {self.image_seq_length} image tokens) > the model's "
+                               f"{self.max_length}-token context (its max_position_embeddings); no option raises it: "
+                               f"shorten the record or use a model with a longer context")
 
 
 def pad_right(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:

@@ -33,8 +33,11 @@ def test_encoding_labels_cover_answers_only(tiny_llava_factory):
 def test_too_long_is_refused_not_truncated(tiny_llava_factory):
     _, processor = tiny_llava_factory()
     enc = ConversationEncoder(processor.tokenizer, image_seq_length=16, max_length=20)
-    with pytest.raises(DatasetError, match="record 7.*exceed max_length=20"):
+    with pytest.raises(DatasetError) as e:
         enc.encode([Turn("Describe this image.", "a red square.")], where="record 7")
+    # the real limit and where it comes from, and no advice to raise a max_length no flag exposes
+    assert str(e.value).startswith("record 7: 30 tokens (including 16 image tokens) > the model's 20-token context")
+    assert "max_position_embeddings" in str(e.value) and "raise max_length" not in str(e.value)
 
 
 @pytest.mark.parametrize("record, field", [
