@@ -31,16 +31,24 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
-from halluremedy.data.coco import DatasetError
-from halluremedy.data.conversation import Conversation, Turn, parse_turns, read_jsonl, write_jsonl_atomic
+from halluremedy.data.coco import DatasetError, read_text
+from halluremedy.data.conversation import (
+    Conversation,
+    ConversationEncoder,
+    Turn,
+    parse_turns,
+    read_jsonl,
+    write_jsonl_atomic,
+)
 from halluremedy.prompts import IMAGE_TOKEN
 
-__all__ = ["PreferenceRecord", "load_preferences", "parse_preference", "write_preferences"]
+__all__ = ["PreferenceFile", "PreferenceRecord", "check_records_fit", "load_preference_file", "load_preferences",
+           "parse_preference", "write_preferences"]
 
 Format = Literal["povid", "trl"]
 
@@ -206,6 +214,8 @@ def _read_json_list(path: Path, text: str) -> Iterator[tuple[str, object]]:
                 element, end = decoder.raw_decode(text, pos)
             except json.JSONDecodeError as e:
                 raise DatasetError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+            except (ValueError, RecursionError) as e:  # an integer of > 4300 digits, nesting too deep
+                raise DatasetError(f"{where_at(pos)}: unreadable JSON: {str(e) or type(e).__name__}") from None
             yield where_at(pos), element
             pos = _WHITESPACE.match(text, end).end()
             if text.startswith("]", pos):
@@ -219,32 +229,121 @@ def _read_json_list(path: Path, text: str) -> Iterator[tuple[str, object]]:
 
 
 def _read_records(path: Path) -> Iterator[tuple[str, object]]:
-    """``("file:line", raw record)`` from a JSONL file or from a JSON list file."""
-    text = path.read_text(encoding="utf-8")
+    """``("file:line", raw record)`` from a JSONL file or from a JSON list file (strict UTF-8)."""
+    text = read_text(path)
     if text.lstrip().startswith("["):
         yield from _read_json_list(path, text)
     else:
-        yield from read_jsonl(path)
+        yield from read_jsonl(path, text)
 
 
-def load_preferences(path: str | os.PathLike, *, known_images: Collection[str] | None = None,
-                     skip_invalid: bool = False) -> tuple[list[PreferenceRecord], list[str]]:
+class PreferenceFile(NamedTuple):
+    """What :func:`load_preference_file` read: the valid records, the skipped records' errors, and
+    each record's ``file:line`` (``places[i]`` is where ``records[i]`` starts)."""
+
+    records: list[PreferenceRecord]
+    errors: list[str]
+    places: list[str]
+
+
+def load_preference_file(path: str | os.PathLike, *, known_images: Collection[str] | None = None,
+                         skip_invalid: bool = False) -> PreferenceFile:
     """Read preference records from a JSONL or JSON list file, in either format (detected per record).
 
     By default the first invalid record raises DatasetError. With ``skip_invalid=True`` invalid records
-    are dropped and their error messages returned, for the caller to report. Malformed JSON always
-    raises: it means a broken file, not a bad record.
+    are dropped and their error messages returned, for the caller to report. Malformed JSON and bytes
+    that are not UTF-8 always raise (file, line and byte offset): they mean a broken file, not a bad
+    record. So does a file with no records at all (empty, blank or ``[]``), or one whose every
+    record was skipped: there would be nothing to train on.
     """
+    path = Path(path)
     records: list[PreferenceRecord] = []
     errors: list[str] = []
-    for where, raw in _read_records(Path(path)):
+    places: list[str] = []
+    for where, raw in _read_records(path):
         try:
             records.append(parse_preference(raw, where, known_images))
+            places.append(where)
         except DatasetError as e:
             if not skip_invalid:
                 raise
             errors.append(str(e))
-    return records, errors
+    if not records:
+        if errors:
+            raise DatasetError(f"{path}: all {len(errors)} preference records are invalid; the first: {errors[0]}")
+        size = path.stat().st_size
+        raise DatasetError(f"{path}: no preference records ({'an empty file' if size == 0 else 'no record in it'}, "
+                           f"{size} bytes)")
+    return PreferenceFile(records, errors, places)
+
+
+def load_preferences(path: str | os.PathLike, *, known_images: Collection[str] | None = None,
+                     skip_invalid: bool = False) -> tuple[list[PreferenceRecord], list[str]]:
+    """``(records, errors)`` of :func:`load_preference_file`."""
+    loaded = load_preference_file(path, known_images=known_images, skip_invalid=skip_invalid)
+    return loaded.records, loaded.errors
+
+
+def _is_word_level(tokenizer) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and type(backend.model).__name__ == "WordLevel"
+
+
+def _unknown_words(tokenizer, text: str) -> list[str]:
+    """The pieces of ``text`` a word-level tokenizer maps to ``<unk>``."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return [text[a:b] for t, (a, b) in zip(enc.input_ids, enc.offset_mapping) if t == tokenizer.unk_token_id]
+
+
+def check_records_fit(records: Sequence[PreferenceRecord], encoder: ConversationEncoder, *,
+                      places: Sequence[str] | None = None, model: str = "the model") -> None:
+    """Refuse, before any training, records the model cannot take as they are.
+
+    * Length: prompt (image tokens included) + the longer answer must fit the model's context
+      (``encoder.max_length``, its ``max_position_embeddings``); nothing is truncated. No option
+      raises that limit, so the message says to shorten the record or use a longer-context model.
+    * Vocabulary, for a word-level tokenizer (the tiny scene model's): a word it does not know would
+      silently become ``<unk>`` and be trained on; the first such record is named with its words,
+      and the count over all records given.
+
+    ``places[i]`` (``file:line``, from :func:`load_preference_file`) names record ``i`` in errors.
+    """
+    tok = encoder.tokenizer
+    word_level = _is_word_level(tok) and tok.unk_token_id is not None
+
+    def where(k: int) -> str:
+        return places[k] if places is not None else f"preference record {k} (id {records[k].id!r})"
+
+    first_unknown: tuple[int, str, list[str]] | None = None
+    unknown_records, unknown_words = 0, set()
+    for k, r in enumerate(records):
+        prompt = encoder.prompt_ids(r.prompt, first=True)
+        for field, answer in (("chosen", r.chosen), *(("rejected", x) for x in r.rejected)):
+            n = len(prompt) + len(encoder.response_ids(answer))
+            if encoder.max_length is not None and n > encoder.max_length:
+                raise DatasetError(
+                    f"{where(k)}: field '{field}': {n} tokens (prompt {len(prompt)} with {encoder.image_seq_length} "
+                    f"image tokens + answer {n - len(prompt)}) > the {encoder.max_length}-token context of {model} "
+                    f"(max_position_embeddings in its config.json); no option raises it: shorten the record or use "
+                    f"a model with a longer context")
+        if word_level:
+            found = [(field, _unknown_words(tok, text)) for field, text in
+                     (("prompt", r.prompt), ("chosen", r.chosen), *(("rejected", x) for x in r.rejected))]
+            found = [(field, words) for field, words in found if words]
+            if found:
+                unknown_records += 1
+                unknown_words.update(w.lower() for _, words in found for w in words)
+                if first_unknown is None:
+                    first_unknown = (k, found[0][0], found[0][1])
+    if first_unknown is not None:
+        k, field, words = first_unknown
+        shown = ", ".join(repr(w) for w in dict.fromkeys(words))
+        others = sorted(unknown_words - {w.lower() for w in words})
+        raise DatasetError(
+            f"{where(k)}: field '{field}': {shown} not in the word-level vocabulary of {model} (would become <unk>); "
+            f"{unknown_records} of {len(records)} records have unknown words, {len(unknown_words)} distinct"
+            f"{': also ' + ', '.join(map(repr, others[:8])) + (' ...' if len(others) > 8 else '') if others else ''}; "
+            f"use words the model knows or a model whose tokenizer covers them")
 
 
 def _to_povid(rec: PreferenceRecord, rejected: str) -> dict:

@@ -8,7 +8,14 @@ from dataclasses import replace
 import pytest
 
 from halluremedy.data.coco import DatasetError
-from halluremedy.data.preference import PreferenceRecord, load_preferences, write_preferences
+from halluremedy.data.conversation import ConversationEncoder
+from halluremedy.data.preference import (
+    PreferenceRecord,
+    check_records_fit,
+    load_preference_file,
+    load_preferences,
+    write_preferences,
+)
 
 
 def povid(q="Describe this image.", chosen="A plate with a knife.", rejected="A plate with a fork.", **extra) -> dict:
@@ -66,10 +73,92 @@ def test_json_list_file_names_element_lines(tmp_path):
     assert records == [EXPECTED] and len(errors) == 1
 
 
-def test_empty_json_list(tmp_path):
-    path = tmp_path / "empty.json"
-    path.write_text(" [ ]\n")
-    assert load_preferences(path) == ([], [])
+@pytest.mark.parametrize("content, why", [(b"", "an empty file, 0 bytes"), (b"\n  \n", "no record in it, 4 bytes"),
+                                          (b" [ ]\n", "no record in it, 5 bytes")])
+def test_a_file_without_records_is_a_named_error(tmp_path, content, why):
+    # a zero-byte pairs file used to load as no records and fail later, in train/sft.py, as "no training records"
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DatasetError) as e:
+        load_preferences(path)
+    assert str(e.value) == f"{path}: no preference records ({why})"
+
+
+def test_every_record_skipped_is_an_error_too(tmp_path):
+    path = tmp_path / "p.jsonl"
+    write_lines(path, [trl(chosen="x", rejected="x"), _drop(trl(), "images")])
+    with pytest.raises(DatasetError, match=r"p.jsonl: all 2 preference records are invalid; the first: .*p.jsonl:1: "):
+        load_preferences(path, skip_invalid=True)
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "json"])
+def test_bytes_that_are_not_utf8_name_file_line_and_byte_offset(tmp_path, layout):
+    good = json.dumps(povid()).encode()
+    bad = json.dumps(trl(chosen="A plate with a KNIFE.")).encode().replace(b"KNIFE", b"KN\xffFE")
+    path = tmp_path / f"p.{layout}"
+    path.write_bytes(good + b"\n" + bad + b"\n" if layout == "jsonl" else b"[" + good + b",\n" + bad + b"]")
+    offset = path.read_bytes().index(b"\xff")
+    with pytest.raises(DatasetError) as e:
+        load_preferences(path, skip_invalid=True)  # a broken file is never a skippable record
+    assert str(e.value).startswith(f"{path}:2: not valid UTF-8 at byte offset {offset} (byte 0xff")
+
+
+def test_a_utf8_bom_is_accepted_and_a_missing_file_named(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(povid()).encode() + b"\n")
+    assert load_preferences(path)[0] == [EXPECTED]
+    with pytest.raises(DatasetError, match=r"nope.jsonl: file does not exist"):
+        load_preferences(tmp_path / "nope.jsonl")
+    with pytest.raises(DatasetError, match=r"is a directory"):
+        load_preferences(tmp_path)
+
+
+def test_places_name_each_record(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(povid()) + "\n\n" + json.dumps(trl(id=7)) + "\n", encoding="utf-8")
+    loaded = load_preference_file(path)
+    assert loaded.records == [EXPECTED, EXPECTED] and loaded.places == [f"{path}:1", f"{path}:3"]
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_llava_factory):
+    """The tiny model's encoder: word-level tokenizer, 16 image tokens, a 256-token context."""
+    _, processor = tiny_llava_factory()
+    return ConversationEncoder(processor.tokenizer, 16, max_length=256)
+
+
+def _fit(encoder, records, path):
+    write_lines(path, records)
+    loaded = load_preference_file(path)
+    check_records_fit(loaded.records, encoder, places=loaded.places, model="tiny")
+
+
+def test_records_that_fit_pass(encoder, tmp_path):
+    _fit(encoder, [povid(chosen="a red square.", rejected="a blue square."), trl(chosen="a box.", rejected="a disc.")],
+         tmp_path / "p.jsonl")
+
+
+def test_an_over_length_record_names_file_line_field_and_the_real_limit(encoder, tmp_path):
+    long = " ".join(["a red square and a white circle."] * 40)
+    path = tmp_path / "p.jsonl"
+    with pytest.raises(DatasetError) as e:
+        _fit(encoder, [povid(chosen="a red square.", rejected="a blue square."),
+                       povid(chosen="a red square.", rejected=long)], path)
+    message = str(e.value)
+    assert message.startswith(f"{path}:2: field 'rejected': ") and "> the 256-token context of tiny" in message
+    assert "max_position_embeddings" in message and "no option raises it" in message
+    assert "max_length" not in message
+
+
+def test_words_outside_a_word_level_vocabulary_are_refused_not_trained_as_unk(encoder, tmp_path):
+    path = tmp_path / "p.jsonl"
+    with pytest.raises(DatasetError) as e:
+        _fit(encoder, [povid(chosen="a red square.", rejected="a blue square."),
+                       povid(chosen="a red square.", rejected="a Zebra and a trampoline."),
+                       trl(chosen="a box.", rejected="a purple box.")], path)
+    message = str(e.value)
+    assert message.startswith(f"{path}:2: field 'rejected': 'Zebra', 'trampoline' not in the word-level vocabulary")
+    assert "<unk>" in message and "2 of 3 records have unknown words, 3 distinct: also 'purple'" in message
 
 
 def test_malformed_json_list_raises(tmp_path):
