@@ -2,6 +2,10 @@
 
 Recipes call these so that ``python scripts/train_dpo.py`` on a fresh machine builds whatever is
 missing (and reuses whatever is already there) before it trains.
+
+The embedded default owns its scene world: it generates (and resizes, in place) scene splits only
+in a root that is new, empty, or marked as made by it (``ROOT/.halluremedy-scene-world``), and
+refuses any other folder, so a user's own data is never rewritten.
 """
 
 from __future__ import annotations
@@ -13,18 +17,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig, AutoProcessor
 
+from halluremedy.config import check_model_dir
 from halluremedy.data.coco import CocoDataset, write_json_atomic
 from halluremedy.data.conversation import ConversationEncoder
 from halluremedy.data.images import ImageBank
 from halluremedy.data.scenes import SceneConfig, make_dataset, scene_text_vocabulary
 from halluremedy.data.sft import caption_and_qa_conversations
+from halluremedy.errors import ConfigError
 from halluremedy.models.llava import TinyLlavaSpec, build_tiny_llava, image_seq_length, load_model, save_model
 from halluremedy.prompts import prompt_words
 from halluremedy.train.loop import LoopConfig, plot_metrics
 from halluremedy.train.sft import NoiseAugment, SupervisedBatches, train_sft
 
 TRAIN_SPLIT, HELDOUT_SPLIT, BASE_SPLIT = "train", "val", "base"
+SCENE_MARKER = ".halluremedy-scene-world"  # in a scene root made by the embedded default
 # The default tiny base, trained once by ``python scripts/train_sft.py`` (BaseTrainSpec defaults on the
 # default SceneDataSpec data) and shipped so the default POVID run needs no 1.3 h of base training.
 SHIPPED_BASE = Path(__file__).parent / "assets" / "scene_base"
@@ -42,11 +50,33 @@ class SceneDataSpec:
     image_size: int = 32
 
 
+def claim_scene_root(root: str | os.PathLike, option: str = "") -> Path:
+    """``root`` as the embedded default's scene root: one it made (marker file), or a new or empty
+    folder, which gets the marker. Any other folder is refused (ConfigError, naming ``option`` when
+    given): generating there would rewrite someone's annotations."""
+    root = Path(root)
+    marker = root / SCENE_MARKER
+    if marker.is_file():
+        return root
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise ConfigError(
+            f"{f'option {option!r}: ' if option else ''}{root} is not a scene world made by the embedded default "
+            f"(no {SCENE_MARKER} in it), and not empty; the "
+            f"embedded default (no --model) generates and resizes its scene splits in its own folder only, never in "
+            f"one of yours: pass --model BASE to train on this data, or a new or empty folder as --data (a scene world "
+            f"made by an older halluremedy: create {marker} to let it be reused)")
+    root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker, {"made_by": "halluremedy embedded default",
+                               "note": "scene splits here are generated and resized in place"})
+    return root
+
+
 def ensure_scene_split(root: str | os.PathLike, split: str, n: int, seed: int, caption_noise: float,
                        image_size: int = SceneDataSpec.image_size) -> CocoDataset:
     """Load scene split ``split`` under ``root``; generate it when missing or of another size (image i
-    depends only on ``(seed, i)``, so regenerating extends or cuts it)."""
-    root = Path(root)
+    depends only on ``(seed, i)``, so regenerating extends or cuts it). ``root`` must be the embedded
+    default's own (:func:`claim_scene_root`)."""
+    root = claim_scene_root(root)
     if (root / "annotations" / f"instances_{split}.json").exists():
         existing = CocoDataset.load(root, split)
         if len(existing) == n:
@@ -182,8 +212,8 @@ def ensure_base_model(data_root: str | os.PathLike, out_dir: str | os.PathLike, 
     if (path / "config.json").exists():
         found = json.loads(record.read_text()) if record.exists() else None
         if found != recipe:
-            raise ValueError(f"{path}: a base model made by {'another recipe: ' + str(found) if found else 'an unrecorded recipe'}"
-                             f", not the one asked for ({recipe}); remove it or pick another base directory")
+            raise ConfigError(f"{path}: a base model made by {'another recipe: ' + str(found) if found else 'an unrecorded recipe'}"
+                              f", not the one asked for ({recipe}); remove it or pick another base directory (--base-out)")
         return path
     default_scenes = (data.train_seed, data.caption_noise, data.image_size) == \
         (SceneDataSpec.train_seed, SceneDataSpec.caption_noise, SceneDataSpec.image_size)
@@ -195,18 +225,61 @@ def ensure_base_model(data_root: str | os.PathLike, out_dir: str | os.PathLike, 
     return path
 
 
+def resolve_data(model: str, data: str, split: str, eval_split: str, *, scene_train_images: int,
+                 scene_heldout_images: int, verify: bool = True) -> tuple[CocoDataset, CocoDataset]:
+    """``(training split, held-out split)`` for a recipe, every image of both opened and decoded
+    (``verify``) so that a broken file stops the run before its first step.
+
+    With ``model``: the COCO-format ``data`` splits ``split`` / ``eval_split``. Without: the embedded
+    default's scene world under ``data`` (its own root, generated if absent; its splits ``train`` and
+    ``val`` only: any other ``split`` / ``eval_split`` is refused, as is a ``data`` folder it did not make).
+    """
+    if model:
+        check_model_dir(model)
+        train, heldout = CocoDataset.load(data, split), CocoDataset.load(data, eval_split)
+    else:
+        for option, value, own in (("--split", split, TRAIN_SPLIT), ("--eval-split", eval_split, HELDOUT_SPLIT)):
+            if value != own:
+                raise ConfigError(f"option '{option}': the embedded default (no --model) trains on its own scene "
+                                  f"splits '{TRAIN_SPLIT}' and '{HELDOUT_SPLIT}', got {value!r}; to use a split of "
+                                  f"your own data pass --model BASE --data ROOT")
+        claim_scene_root(data, "--data")
+        train, heldout = ensure_scene_data(data, SceneDataSpec(n_train=scene_train_images,
+                                                               n_heldout=scene_heldout_images))
+    if verify:
+        for dataset in (train, heldout):
+            dataset.verify_images(progress=True)
+    return train, heldout
+
+
+def resolve_base(model: str, data: str, *, base_out: str | os.PathLike, base_cycles: str, scene_train_images: int,
+                 scene_heldout_images: int) -> Path:
+    """The base model directory: ``model``, or (embedded default) the tiny base in ``base_out``
+    (shipped or trained on the scene world under ``data``; one base for every recipe seed, since the
+    seeds vary the remedy, not the model it starts from)."""
+    if model:
+        return check_model_dir(model)
+    scene_spec = SceneDataSpec(n_train=scene_train_images, n_heldout=scene_heldout_images)
+    return ensure_base_model(data, base_out, BaseTrainSpec(cycles=parse_cycles(base_cycles)), scene_spec)
+
+
 def resolve_model_and_data(model: str, data: str, split: str, eval_split: str, *, base_out: str | os.PathLike,
                            base_cycles: str, scene_train_images: int, scene_heldout_images: int
                            ) -> tuple[Path, CocoDataset, CocoDataset]:
-    """``(base model dir, training split, held-out split)`` for a recipe.
+    """``(base model dir, training split, held-out split)``: :func:`resolve_data`, then :func:`resolve_base`."""
+    train, heldout = resolve_data(model, data, split, eval_split, scene_train_images=scene_train_images,
+                                  scene_heldout_images=scene_heldout_images)
+    base = resolve_base(model, data, base_out=base_out, base_cycles=base_cycles,
+                        scene_train_images=scene_train_images, scene_heldout_images=scene_heldout_images)
+    return base, train, heldout
 
-    With ``model``: that checkpoint and the COCO-format ``data`` splits ``split`` / ``eval_split``.
-    Without: the embedded default, i.e. the scene world under ``data`` (generated if absent; its own
-    ``train`` / ``val`` splits) and the tiny base in ``base_out`` (shipped or trained; one base for
-    every recipe seed, since the seeds vary the remedy, not the model it starts from).
-    """
-    if model:
-        return Path(model), CocoDataset.load(data, split), CocoDataset.load(data, eval_split)
-    scene_spec = SceneDataSpec(n_train=scene_train_images, n_heldout=scene_heldout_images)
-    train, heldout = ensure_scene_data(data, scene_spec)
-    return ensure_base_model(data, base_out, BaseTrainSpec(cycles=parse_cycles(base_cycles)), scene_spec), train, heldout
+
+def record_encoder(model_dir: str | os.PathLike) -> ConversationEncoder:
+    """The encoder training will build for ``model_dir`` (its tokenizer, image tokens per image and
+    context length), read from its config and processor files without loading the weights, to check
+    records against the model before any training."""
+    path = check_model_dir(model_dir)
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    return ConversationEncoder(processor.tokenizer, int(config.image_seq_length),
+                               max_length=config.text_config.max_position_embeddings)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from halluremedy.errors import ConfigError
 from halluremedy.models.llava import load_model
 from halluremedy.pipeline import (
+    SCENE_MARKER,
     SHIPPED_BASE,
     BaseTrainSpec,
     SceneDataSpec,
@@ -15,6 +17,7 @@ from halluremedy.pipeline import (
     ensure_scene_data,
     format_cycles,
     parse_cycles,
+    resolve_data,
     train_base_model,
 )
 
@@ -75,3 +78,27 @@ def test_a_base_made_by_another_recipe_is_refused_not_reused(tmp_path):
     with pytest.raises(ValueError, match="unrecorded recipe"):
         ensure_base_model(tmp_path / "data", tmp_path / "base")
     assert not (tmp_path / "data").exists()  # nothing was generated or trained
+
+
+def test_embedded_default_never_writes_into_a_users_folder(tiny_coco, tmp_path):
+    # ``train_dpo.py --data MY_COCO`` without --model used to regenerate MY_COCO's train/val in place
+    before = {p: p.read_bytes() for p in tiny_coco.root.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"coco is not a scene world made by the embedded default .* pass --model"):
+        ensure_scene_data(tiny_coco.root, SceneDataSpec(n_train=6, n_heldout=4))
+    with pytest.raises(ConfigError, match=r"option '--data': .*coco is not a scene world"):
+        resolve_data("", str(tiny_coco.root), "train", "val", scene_train_images=6, scene_heldout_images=4)
+    assert {p: p.read_bytes() for p in tiny_coco.root.rglob("*") if p.is_file()} == before
+
+    # a new folder becomes the default's own (marker), and is reused and resized as before
+    train, heldout = resolve_data("", str(tmp_path / "scenes"), "train", "val", scene_train_images=6,
+                                  scene_heldout_images=4)
+    assert (tmp_path / "scenes" / SCENE_MARKER).is_file() and (len(train), len(heldout)) == (6, 4)
+    assert len(ensure_scene_data(tmp_path / "scenes", SceneDataSpec(n_train=8, n_heldout=4))[0]) == 8
+
+
+@pytest.mark.parametrize("split, eval_split, option", [("mysplit", "val", "--split"), ("train", "myval", "--eval-split")])
+def test_embedded_default_refuses_splits_it_does_not_have(tmp_path, split, eval_split, option):
+    # they used to be ignored: the default trained on its own 'train' and evaluated on its 'val'
+    with pytest.raises(ConfigError, match=rf"option '{option}': the embedded default \(no --model\) trains on its own"):
+        resolve_data("", str(tmp_path / "scenes"), split, eval_split, scene_train_images=6, scene_heldout_images=4)
+    assert not (tmp_path / "scenes").exists()

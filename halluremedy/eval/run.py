@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from halluremedy.data.coco import CocoDataset
+from halluremedy.errors import ConfigError, one_line
 from halluremedy.eval.chair import MentionParser, ObjectVocabulary, chair, coco_vocabulary, ground_truth_objects
 from halluremedy.eval.pope import build_pope, parse_pope_answer, pope_metrics
 from halluremedy.eval.sources import cooccurrence_partners, hallucination_sources, source_row
@@ -22,6 +24,10 @@ POPE_SETTINGS = ("random", "popular", "adversarial")
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """``chair_images`` / ``pope_images``: at most that many images of the split (POPE: of its images with
+    >= 3 classes); the result's ``images`` records how many were used. Front doors refuse a
+    ``--chair-images`` larger than the split (``CocoDataset.check_sample_size``)."""
+
     chair_images: int = 500
     pope_images: int = 500
     seed: int = 0
@@ -31,6 +37,11 @@ class EvalConfig:
     chair_compat: str = "halluremedy"  # or "reference": the original CHAIR parser (real COCO only)
     batch_size: int = 64
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.chair_images < 1 or self.pope_images < 0 or self.batch_size < 1:
+            raise ValueError(f"EvalConfig needs chair_images >= 1, pope_images >= 0 and batch_size >= 1; got "
+                             f"{self.chair_images}, {self.pope_images}, {self.batch_size}")
 
 
 def object_vocabulary(dataset: CocoDataset, compat: str = "halluremedy") -> MentionParser:
@@ -49,6 +60,25 @@ def object_vocabulary(dataset: CocoDataset, compat: str = "halluremedy") -> Ment
     return ObjectVocabulary.from_synonyms(dataset.synonyms) if dataset.synonyms else vocab
 
 
+def check_evaluation(dataset: CocoDataset, cfg: EvalConfig, *, chair_option: str = "--chair-images",
+                     pope_option: str = "--pope-images", compat_option: str = "--chair-compat") -> None:
+    """Refuse, before any model loads, what :func:`evaluate` would stop at once the captions are made:
+    more CHAIR images than the split has, a CHAIR parser that does not know its classes, a split POPE
+    cannot ask about. ConfigError names the front door's option."""
+    dataset.check_sample_size(cfg.chair_images, chair_option)
+    try:
+        object_vocabulary(dataset, cfg.chair_compat)
+    except ValueError as e:
+        raise ConfigError(f"option '{compat_option}': {one_line(e)}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "fewer eligible images than asked": evaluate itself warns
+        for setting in cfg.pope_settings:
+            try:
+                build_pope(dataset, setting, n_images=cfg.pope_images, seed=cfg.seed)
+            except ValueError as e:
+                raise ConfigError(f"option '{pope_option}': {one_line(e)}; 0 skips POPE") from None
+
+
 def evaluate(model, processor, dataset: CocoDataset, cfg: EvalConfig = EvalConfig()) -> dict:
     vocab = object_vocabulary(dataset, cfg.chair_compat)
     rng = np.random.default_rng(cfg.seed)
@@ -58,7 +88,8 @@ def evaluate(model, processor, dataset: CocoDataset, cfg: EvalConfig = EvalConfi
     truth = {im.image_id: ground_truth_objects(im, vocab) for im in chair_images}
     partners = cooccurrence_partners(im.categories for im in dataset.images)  # from the split's annotations
     result: dict = {"dataset": f"{dataset.root}:{dataset.split}", "config": _jsonable(asdict(cfg)),
-                    "chair_signature": vocab.signature, "partners": partners, "chair": {}, "pope": {}}
+                    "chair_signature": vocab.signature, "images": {"chair": n, "pope": 0}, "partners": partners,
+                    "chair": {}, "pope": {}}
     for dec in cfg.caption_decodings:
         captions = generate_answers(model, processor, pil, [cfg.caption_prompt] * n, dec, batch_size=cfg.batch_size,
                                     progress=f"captions {dec.name}" if cfg.progress else None)
@@ -76,6 +107,7 @@ def evaluate(model, processor, dataset: CocoDataset, cfg: EvalConfig = EvalConfi
                                    [q.question + POPE_SUFFIX for q in questions], Decoding(0.0, 4),
                                    batch_size=cfg.batch_size, progress=f"POPE {setting}" if cfg.progress else None)
         result["pope"][setting] = pope_metrics([parse_pope_answer(a) for a in answers], [q.label for q in questions])
+    result["images"]["pope"] = len(images_by_id)  # the same images in every setting
     return result
 
 

@@ -21,6 +21,10 @@ class Decoding:
     max_new_tokens: int = 64
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if not (self.temperature >= 0 and self.temperature != float("inf")) or self.max_new_tokens < 1:
+            raise ValueError(f"Decoding needs a finite temperature >= 0 and max_new_tokens >= 1, got {self}")
+
     @property
     def name(self) -> str:
         return "greedy" if self.temperature == 0 else f"sampled(T={self.temperature:g},seed={self.seed})"
