@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from halluremedy.data.coco import CocoDataset, write_json_atomic
+from halluremedy.errors import ConfigError, run_main
 from halluremedy.eval.run import EvalConfig, column_order, evaluate, summary_row
 from halluremedy.eval.seeds import SeedStats, aggregate, caption_flags, paired_chair_s, paired_differences, signed_text
 from halluremedy.models.generate import Decoding
@@ -101,8 +102,8 @@ def interval_markdown(differences: dict) -> str:
     return markdown(rows, columns, "paired difference", signed=True)
 
 
-def main() -> None:
-    argv = sys.argv[1:]
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,6 +113,15 @@ def main() -> None:
     parser.add_argument("--test-split", default="test", help="its split name (default: test)")
     parser.add_argument("--test-images", type=int, default=0, help="images of it to caption (0: all)")
     args = parser.parse_args(own)
+    if any(s < 0 for s in args.seeds) or len(set(args.seeds)) != len(args.seeds):
+        raise ConfigError(f"option '--seeds': must be distinct integers >= 0, got {args.seeds}")
+    if args.test_images < 0:
+        raise ConfigError(f"option '--test-images': must be >= 0, got {args.test_images}")
+    test = None
+    if args.test_data:  # checked before any seed trains
+        test = CocoDataset.load(args.test_data, args.test_split)
+        test.check_sample_size(args.test_images, "--test-images")
+        test.verify_images(progress=True)
     out = Path(args.out)
     per_seed = {}
     for seed in args.seeds:
@@ -120,7 +130,8 @@ def main() -> None:
                "--resume", *passthrough]
         if not (run_dir / "eval.json").exists():
             print("$", " ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True)
+            if code := subprocess.run(cmd, check=False).returncode:
+                raise SystemExit(code)  # train_dpo.py has said why (one line for an input error)
         results = json.loads((run_dir / "eval.json").read_text())["results"]
         per_seed[seed] = {model: summary_row(r) for model, r in results.items()}
     models = list(per_seed[args.seeds[0]])
@@ -135,8 +146,7 @@ def main() -> None:
               "paired_differences": diffs}
     text = (f"seeds {args.seeds}; train_dpo.py args {passthrough}\n\nmean ± sample std over seeds:\n\n{table}\n\n"
             f"same-seed differences (same training seed and evaluation images):\n\n{paired}\n")
-    if args.test_data:
-        test = CocoDataset.load(args.test_data, args.test_split)
+    if test is not None:
         record["test"] = {"data": f"{args.test_data}:{args.test_split}",
                           "differences": large_split_differences(out, args.seeds, test, args.test_images)}
         n = next(iter(record["test"]["differences"]["greedy"].values()))["images"]
@@ -148,4 +158,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

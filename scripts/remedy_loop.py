@@ -45,7 +45,7 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from halluremedy.config import option, parse_config
+from halluremedy.config import check, check_choice, check_device, check_range, check_subset, option, parse_config
 from halluremedy.data.coco import CocoDataset, write_json_atomic
 from halluremedy.data.preference import write_preferences
 from halluremedy.data.reflective import (
@@ -61,8 +61,9 @@ from halluremedy.diagnose import (
     write_comparison,
     write_report,
 )
+from halluremedy.errors import ConfigError, run_main
 from halluremedy.eval.chair import class_row
-from halluremedy.eval.run import EvalConfig, evaluate, summary_row
+from halluremedy.eval.run import EvalConfig, check_evaluation, evaluate, summary_row
 from halluremedy.eval.seeds import caption_flags, paired_chair_s
 from halluremedy.generate.targeted import (
     CLASS_SCORES,
@@ -75,7 +76,14 @@ from halluremedy.generate.targeted import (
     write_instructions,
 )
 from halluremedy.models.llava import load_model
-from halluremedy.pipeline import BaseTrainSpec, SceneDataSpec, format_cycles, resolve_model_and_data
+from halluremedy.pipeline import (
+    BaseTrainSpec,
+    SceneDataSpec,
+    claim_scene_root,
+    format_cycles,
+    parse_cycles,
+    resolve_model_and_data,
+)
 from halluremedy.train.dpo import PreferenceObjective
 from halluremedy.train.povid import TuningSpec, run_conversation_sft, run_preference_stage
 
@@ -139,6 +147,31 @@ class RemedyConfig:
     rediagnose: bool = option(True, "re-diagnose every trained arm on the diagnosis split")
     device: str = option("cpu", "cpu | cuda")
     resume: bool = option(True, "reuse finished diagnoses, arms and evaluations")
+
+    def __post_init__(self) -> None:
+        """Every option checked before anything is loaded (ConfigError names the flag)."""
+        check_subset(self, "arms", ARMS)
+        seeds = split_list(self.seeds)
+        check(bool(seeds) and all(s.isdigit() for s in seeds) and len(set(seeds)) == len(seeds), "seeds",
+              "must be distinct integers >= 0", self.seeds)
+        check_choice(self, "dpo_edit", PAIR_EDITS)
+        check_choice(self, "class_score", CLASS_SCORES)
+        check_choice(self, "reflective_weights", ("targeted", "uniform"))
+        for name in ("records", "steps", "batch_size", "diag_images", "eval_images", "scene_train_images",
+                     "scene_heldout_images"):
+            check_range(self, name, ge=1)
+        for name in ("lr", "dpo_lr", "beta"):
+            check_range(self, name, gt=0)
+        for name in ("nll_alpha", "focus", "fresh_scenes", "test_images", "diag_scene_seed"):
+            check_range(self, name, ge=0)
+        if self.lora:
+            check_range(self, "lora_r", ge=1)
+            check_range(self, "lora_alpha", gt=0)
+        try:
+            parse_cycles(self.base_cycles)
+        except ValueError as e:
+            raise ConfigError(f"option '--base-cycles': {e}") from None
+        check_device(self)
 
 
 def join_list_flags(argv: list[str]) -> list[str]:
@@ -230,16 +263,6 @@ def arm_data(arm: str, train: CocoDataset, weights: TargetWeights, cfg: RemedyCo
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(RemedyConfig, __doc__, join_list_flags(sys.argv[1:] if argv is None else argv))
     arms, seeds = split_list(cfg.arms), [int(s) for s in split_list(cfg.seeds)]
-    if unknown := [a for a in arms if a not in ARMS]:
-        raise SystemExit(f"unknown arms {unknown}; known: {list(ARMS)}")
-    if cfg.dpo_edit not in PAIR_EDITS:
-        raise SystemExit(f"--dpo-edit must be one of {PAIR_EDITS}, got {cfg.dpo_edit!r}")
-    if cfg.class_score not in CLASS_SCORES:
-        raise SystemExit(f"--class-score must be one of {CLASS_SCORES}, got {cfg.class_score!r}")
-    if cfg.reflective_weights not in ("targeted", "uniform"):
-        raise SystemExit(f"--reflective-weights must be targeted or uniform, got {cfg.reflective_weights!r}")
-    if cfg.fresh_scenes < 0:
-        raise SystemExit(f"--fresh-scenes must be >= 0, got {cfg.fresh_scenes}")
     out = Path(cfg.out)
 
     # data, base model, diagnosis split
@@ -250,15 +273,26 @@ def main(argv: list[str] | None = None) -> None:
     if (diag_root / "annotations" / f"instances_{cfg.diag_split}.json").exists():
         diag = CocoDataset.load(diag_root, cfg.diag_split)
     elif cfg.model:
-        raise SystemExit(f"{diag_root}: no diagnosis split {cfg.diag_split!r}; pass --diag-data/--diag-split")
+        raise ConfigError(f"option '--diag-data': {diag_root} has no diagnosis split {cfg.diag_split!r} "
+                          f"(annotations/instances_{cfg.diag_split}.json); pass --diag-data/--diag-split")
     else:
-        diag = make_dataset(diag_root, cfg.diag_split, cfg.diag_images, cfg.diag_scene_seed,
-                            SceneConfig(image_size=SceneDataSpec.image_size))
+        diag = make_dataset(claim_scene_root(diag_root, "--diag-data"), cfg.diag_split, cfg.diag_images,
+                            cfg.diag_scene_seed, SceneConfig(image_size=SceneDataSpec.image_size))
     if cfg.fresh_scenes and (unknown := sorted(set(train.categories) - set(CLASSES))):
-        raise SystemExit(f"--fresh-scenes renders scene-world images, but {train.root}:{train.split} has other "
-                         f"classes {unknown[:5]}")
+        raise ConfigError(f"option '--fresh-scenes': renders scene-world images, but {train.root}:{train.split} has "
+                          f"other classes {unknown[:5]}")
     if diag_root.resolve() == Path(cfg.data).resolve() and cfg.diag_split == cfg.eval_split:
-        raise SystemExit("the diagnosis split must not be the held-out split")
+        raise ConfigError(f"option '--diag-split': the diagnosis split must not be the held-out split "
+                          f"({cfg.eval_split!r})")
+    diag.verify_images(progress=True)
+    eval_cfg = EvalConfig(chair_images=cfg.eval_images, pope_images=cfg.eval_images, seed=0, progress=False)
+    check_evaluation(heldout, eval_cfg, chair_option="--eval-images", pope_option="--eval-images")
+    if cfg.test_data:
+        test = CocoDataset.load(cfg.test_data, cfg.test_split)
+        test_cfg = EvalConfig(chair_images=cfg.test_images or len(test), pope_images=0, pope_settings=(), seed=0,
+                              progress=False)
+        check_evaluation(test, test_cfg, chair_option="--test-images")
+        test.verify_images(progress=True)
 
     # 1. diagnose the base
     probe = ProbeConfig(images=cfg.diag_images)
@@ -270,7 +304,6 @@ def main(argv: list[str] | None = None) -> None:
                       indent=2)
     print(f"diagnosis: {out / 'diagnosis' / 'base' / 'report.md'}; worst classes {worst}", flush=True)
 
-    eval_cfg = EvalConfig(chair_images=cfg.eval_images, pope_images=cfg.eval_images, seed=0, progress=False)
     rows: dict[str, list[dict[str, float]]] = {"base": [evaluated(base_dir, heldout, eval_cfg, out / "base_eval.json",
                                                                   worst, cfg)]}
     # greedy captions of the large test split, per arm and seed: image_id -> hallucinated, and class_row
@@ -283,9 +316,6 @@ def main(argv: list[str] | None = None) -> None:
         test_classes.setdefault(name, []).append(class_row(result["chair"]["greedy"]["per_caption"]))
 
     if cfg.test_data:
-        test = CocoDataset.load(cfg.test_data, cfg.test_split)
-        test_cfg = EvalConfig(chair_images=cfg.test_images or len(test), pope_images=0, pope_settings=(), seed=0,
-                              progress=False)
         test_name = f"test_{cfg.test_split}.json"
         captioned_test("base", base_dir, out / f"base_{test_name}")
     after: dict[str, list[Diagnosis]] = {}
@@ -342,4 +372,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

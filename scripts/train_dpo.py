@@ -15,6 +15,12 @@ A real checkpoint and dataset (local paths only; nothing is downloaded)::
         --lr 1e-7 --gradient-checkpointing
 
 ``--pairs`` takes POVID's LLaVA-conversation JSON(L) or TRL-style {prompt, chosen, rejected, images}.
+
+Everything is checked before the first step: the options, every image and annotation of both
+splits, and every preference record (UTF-8, JSON, fields, images it names, its length against the
+model's context and, for a word-level tokenizer, its words against the vocabulary). A problem stops
+the run with one line, ``halluremedy: error: FILE:LINE: field 'x': ...``, exit status 2 and nothing
+written to OUT; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -23,16 +29,34 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from halluremedy.config import option, parse_config
+from halluremedy.config import (
+    check,
+    check_choice,
+    check_device,
+    check_range,
+    check_subset,
+    option,
+    parse_config,
+    split_items,
+)
 from halluremedy.data.coco import write_json_atomic
-from halluremedy.data.preference import load_preferences, write_preferences
-from halluremedy.eval.run import EvalConfig, evaluate, format_table, summary_row
+from halluremedy.data.preference import check_records_fit, load_preference_file, write_preferences
+from halluremedy.errors import ConfigError, DatasetError, run_main
+from halluremedy.eval.run import EvalConfig, check_evaluation, evaluate, format_table, summary_row
 from halluremedy.generate.injector import COOCCUR_MODES, EDIT_KINDS, RuleBasedEditor
 from halluremedy.generate.pairs import generate_preference_pairs
 from halluremedy.models.generate import Decoding
 from halluremedy.models.llava import load_model
-from halluremedy.pipeline import BaseTrainSpec, SceneDataSpec, format_cycles, resolve_model_and_data
-from halluremedy.train.dpo import PreferenceObjective
+from halluremedy.pipeline import (
+    BaseTrainSpec,
+    SceneDataSpec,
+    format_cycles,
+    parse_cycles,
+    record_encoder,
+    resolve_base,
+    resolve_data,
+)
+from halluremedy.train.dpo import NOISE_POSITION_RULES, PreferenceObjective
 from halluremedy.train.povid import TuningSpec, run_preference_stage, run_sft_control
 
 
@@ -82,24 +106,81 @@ class DPORecipe:
     device: str = option("cpu", "cpu | cuda")
     resume: bool = option(False, "reuse finished stages and continue an interrupted one")
 
+    def __post_init__(self) -> None:
+        """Every option checked before anything is loaded (ConfigError names the flag)."""
+        stages = check_subset(self, "stages", ("1", "2"))
+        check(stages == sorted(stages), "stages", "must list stage 1 before stage 2", self.stages)
+        for stage in stages:
+            check_range(self, f"stage{stage}_steps", ge=1)
+        for name in ("batch_size", "grad_accum"):
+            check_range(self, name, ge=1)
+        for name in ("lr", "beta"):
+            check_range(self, name, gt=0)
+        check_choice(self, "loss_type", ("sigmoid", "ipo", "hinge"))
+        check_range(self, "label_smoothing", ge=0, le=0.5)
+        check(not self.label_smoothing or self.loss_type == "sigmoid", "label_smoothing",
+              f"applies to --loss-type sigmoid only, not {self.loss_type!r}", self.label_smoothing)
+        for name in ("nll_alpha", "weight_text", "weight_noise"):
+            check_range(self, name, ge=0)
+        check_range(self, "noise_step", ge=0, lt=1000)
+        if self.noise_positions != "all":
+            try:
+                check_subset(self, "noise_positions", NOISE_POSITION_RULES)
+            except ConfigError:
+                raise ConfigError(f"option '--noise-positions': must be all, or distinct rules of "
+                                  f"{', '.join(NOISE_POSITION_RULES)} joined by commas, got {self.noise_positions!r}"
+                                  ) from None
+        check_choice(self, "reference", ("adapter", "copy", "precomputed"))
+        check(self.lora or self.reference != "adapter", "reference",
+              "adapter (LoRA disabled) needs --lora; use copy or precomputed for a full fine-tune", self.reference)
+        if self.lora:
+            check_range(self, "lora_r", ge=1)
+            check_range(self, "lora_alpha", gt=0)
+            check_range(self, "lora_dropout", ge=0, lt=1)
+        check_subset(self, "edit_kinds", EDIT_KINDS)
+        check_subset(self, "cooccur_modes", COOCCUR_MODES)
+        for name in ("eval_images", "seed"):
+            check_range(self, name, ge=0)
+        for name in ("scene_train_images", "scene_heldout_images"):
+            check_range(self, name, ge=1)
+        try:
+            parse_cycles(self.base_cycles)
+        except ValueError as e:
+            raise ConfigError(f"option '--base-cycles': {e}") from None
+        check_device(self)
 
-def main() -> None:
-    cfg = parse_config(DPORecipe, __doc__)
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(DPORecipe, __doc__, argv)
     out = Path(cfg.out)
-    base_dir, train, heldout = resolve_model_and_data(
-        cfg.model, cfg.data, cfg.split, cfg.eval_split, base_out=cfg.base_out, base_cycles=cfg.base_cycles,
-        scene_train_images=cfg.scene_train_images, scene_heldout_images=cfg.scene_heldout_images)
-
+    # inputs first, every one checked before the first step and before anything is written to OUT
+    train, heldout = resolve_data(cfg.model, cfg.data, cfg.split, cfg.eval_split,
+                                  scene_train_images=cfg.scene_train_images,
+                                  scene_heldout_images=cfg.scene_heldout_images)
+    eval_cfg = None
+    if cfg.eval_images:
+        eval_cfg = EvalConfig(chair_images=cfg.eval_images, pope_images=cfg.eval_images, seed=cfg.seed,
+                              caption_decodings=(Decoding(0.0, 64, cfg.seed), Decoding(1.0, 64, cfg.seed)))
+        check_evaluation(heldout, eval_cfg, chair_option="--eval-images", pope_option="--eval-images")
+    places = None
     if cfg.pairs:
-        records, errors = load_preferences(cfg.pairs, known_images={im.file_name for im in train.images},
-                                           skip_invalid=cfg.skip_invalid)
-        if errors:
-            print(f"skipped {len(errors)} invalid preference records, first: {errors[0]}")
+        loaded = load_preference_file(cfg.pairs, known_images={im.file_name for im in train.images},
+                                      skip_invalid=cfg.skip_invalid)
+        records, places = loaded.records, loaded.places
+        if loaded.errors:
+            print(f"skipped {len(loaded.errors)} invalid preference records, first: {loaded.errors[0]}")
     else:
-        editor = RuleBasedEditor.for_dataset(train, cooccur_modes=[m.strip() for m in cfg.cooccur_modes.split(",")])
-        generation = generate_preference_pairs(train, editor, seed=cfg.seed,
-                                               kinds=[k.strip() for k in cfg.edit_kinds.split(",")], progress=True)
+        editor = RuleBasedEditor.for_dataset(train, cooccur_modes=split_items(cfg.cooccur_modes))
+        generation = generate_preference_pairs(train, editor, seed=cfg.seed, kinds=split_items(cfg.edit_kinds),
+                                               progress=True)
         records = generation.records
+        if not records:
+            raise DatasetError(f"{train.instances_path}: no preference pair could be made from the captions of "
+                               f"split '{train.split}' with --edit-kinds {cfg.edit_kinds}")
+    base_dir = resolve_base(cfg.model, cfg.data, base_out=cfg.base_out, base_cycles=cfg.base_cycles,
+                            scene_train_images=cfg.scene_train_images, scene_heldout_images=cfg.scene_heldout_images)
+    check_records_fit(records, record_encoder(base_dir), places=places, model=str(base_dir))
+    if not cfg.pairs:
         write_preferences(out / "pairs.jsonl", records)
         print(generation.summary())
 
@@ -110,7 +191,7 @@ def main() -> None:
                                     nll_alpha=cfg.nll_alpha, noise_step=cfg.noise_step, noise_positions=cfg.noise_positions,
                                     weight_text=cfg.weight_text,
                                     weight_noise=cfg.weight_noise)
-    stages = [int(s) for s in cfg.stages.split(",")]
+    stages = [int(s) for s in split_items(cfg.stages)]
     models = {"base": base_dir}
     current = base_dir
     for stage in stages:
@@ -125,9 +206,7 @@ def main() -> None:
                                                 device=cfg.device, resume=cfg.resume)
     write_json_atomic(out / "models.json", {k: str(v) for k, v in models.items()}, indent=1)
 
-    if cfg.eval_images:
-        eval_cfg = EvalConfig(chair_images=cfg.eval_images, pope_images=cfg.eval_images, seed=cfg.seed,
-                              caption_decodings=(Decoding(0.0, 64, cfg.seed), Decoding(1.0, 64, cfg.seed)))
+    if eval_cfg is not None:
         rows, results = {}, {}
         for name, path in models.items():
             model, processor = load_model(path, device=cfg.device)
@@ -142,4 +221,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

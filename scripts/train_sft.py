@@ -16,9 +16,10 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from halluremedy.config import option, parse_config
+from halluremedy.config import check_model_dir, check_range, option, parse_config
 from halluremedy.data.coco import write_json_atomic
-from halluremedy.eval.run import EvalConfig, evaluate, format_table, summary_row
+from halluremedy.errors import ConfigError, run_main
+from halluremedy.eval.run import EvalConfig, check_evaluation, evaluate, format_table, summary_row
 from halluremedy.models.generate import Decoding
 from halluremedy.models.llava import load_model
 from halluremedy.pipeline import (
@@ -47,18 +48,38 @@ class SFTRecipe:
     init: str = option("", "continue from this model directory instead of a fresh tiny model")
     resume: bool = option(False, "continue from OUT/checkpoint")
 
+    def __post_init__(self) -> None:
+        """Every option checked before anything is generated or loaded (ConfigError names the flag)."""
+        try:
+            parse_cycles(self.cycles)
+        except ValueError as e:
+            raise ConfigError(f"option '--cycles': {e}") from None
+        check_range(self, "batch_size", ge=1)
+        check_range(self, "caption_noise", ge=0, le=1)
+        for name in ("seed", "eval_images"):
+            check_range(self, name, ge=0)
 
-def main() -> None:
-    cfg = parse_config(SFTRecipe, __doc__)
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(SFTRecipe, __doc__, argv)
+    if cfg.init:
+        check_model_dir(cfg.init, "--init")
     data = SceneDataSpec(caption_noise=cfg.caption_noise)
     _, heldout = ensure_scene_data(cfg.data, data)
+    heldout.verify_images(progress=True)
+    eval_cfg = EvalConfig(chair_images=cfg.eval_images, pope_images=cfg.eval_images, seed=cfg.seed,
+                          caption_decodings=(Decoding(0.0, 64, cfg.seed), Decoding(1.0, 64, cfg.seed))) \
+        if cfg.eval_images else None
+    if eval_cfg is not None:
+        check_evaluation(heldout, eval_cfg, chair_option="--eval-images", pope_option="--eval-images")
     spec = BaseTrainSpec(cycles=parse_cycles(cfg.cycles), batch_size=cfg.batch_size, seed=cfg.seed)
-    scenes = ensure_base_split(cfg.data, spec.scenes, data)
+    scenes = ensure_base_split(cfg.data, spec.scenes, data)  # its images: read (and checked) before the first step
     model_dir = train_base_model(scenes, cfg.out, spec, init=cfg.init or None, resume=cfg.resume)
+    if eval_cfg is None:
+        print(f"model: {model_dir} (--eval-images 0: not evaluated)")
+        return
     model, processor = load_model(model_dir)
-    result = evaluate(model, processor, heldout, EvalConfig(
-        chair_images=cfg.eval_images, pope_images=cfg.eval_images, seed=cfg.seed,
-        caption_decodings=(Decoding(0.0, 64, cfg.seed), Decoding(1.0, 64, cfg.seed))))
+    result = evaluate(model, processor, heldout, eval_cfg)
     result["recipe"] = asdict(cfg)
     write_json_atomic(Path(cfg.out) / "eval.json", result, indent=2)
     print(format_table({"base": summary_row(result)}))
@@ -66,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,9 +1,15 @@
-"""The front doors, end to end at toy sizes: scene data -> base -> pairs -> stage 1 -> stage 2 -> eval."""
+"""The front doors, end to end at toy sizes: scene data -> base -> pairs -> stage 1 -> stage 2 -> eval; and their
+input errors: one line, exit status 2, before the first step, nothing written."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from halluremedy.errors import run_main
+from halluremedy.models.llava import save_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,3 +55,137 @@ def test_train_dpo_help_names_every_option(tmp_path):
     for flag in ("--model", "--pairs", "--stage2-steps", "--noise-step", "--noise-positions", "--edit-kinds",
                  "--cooccur-modes", "--reference", "--resume", "--control"):
         assert flag in out
+
+
+@pytest.fixture
+def user_data(tiny_coco_split, tiny_llava_factory, tmp_path):
+    """A user's COCO root (train and val, 6 images each) and a tiny model that knows its words."""
+    tiny_coco_split("train")
+    tiny_coco_split("val")
+    model, processor = tiny_llava_factory(0)
+    save_model(model, processor, tmp_path / "model")
+    return tmp_path / "coco", tmp_path / "model"
+
+
+def _pairs(path, *records: str | bytes) -> str:
+    path.write_bytes(b"".join(r if isinstance(r, bytes) else r.encode() for r in records))
+    return str(path)
+
+
+def _pair(chosen="a red square.", rejected="a blue square.", image="0000.png") -> str:
+    return json.dumps({"image": image, "conversations": [
+        {"from": "human", "value": "<image>\nDescribe this image."}, {"from": "gpt", "value": chosen}],
+        "rejected_conversations": [{"from": "human", "value": "<image>\nDescribe this image."},
+                                   {"from": "gpt", "value": rejected}]}) + "\n"
+
+
+def _refused(module, argv, capsys) -> str:
+    """Run the recipe's main through the shared entry wrapper: exit 2, one line on stderr, returned."""
+    with pytest.raises(SystemExit) as stop:
+        run_main(module.main, argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("halluremedy: error: ") and err.count("\n") == 1, err
+    return err[len("halluremedy: error: "):].strip()
+
+
+LONG = " ".join(["a red square and a white circle."] * 40)
+DPO_CASES = {
+    # option errors: before any data or model is read (they used to fail after the model loaded)
+    "loss-type": (["--loss-type", "foo"], "option '--loss-type': must be one of sigmoid, ipo, hinge, got 'foo'"),
+    "batch-size": (["--batch-size", "0"], "option '--batch-size': must be >= 1, got 0"),
+    "stage1-steps": (["--stage1-steps", "0"], "option '--stage1-steps': must be >= 1, got 0"),
+    "noise-step": (["--noise-step", "1000"], "option '--noise-step': must be >= 0 and < 1000, got 1000"),
+    "reference": (["--no-lora"], "option '--reference': adapter (LoRA disabled) needs --lora"),
+    "edit-kinds": (["--edit-kinds", "cooccur,bogus"], "option '--edit-kinds': must be distinct items of"),
+    # data errors: named with file and line, found before the first step
+    "utf8": (["--pairs", lambda d: _pairs(d / "p.jsonl", _pair(), b'{"image": "0000.png\xff"}\n')],
+             "p.jsonl:2: not valid UTF-8 at byte offset "),
+    "empty": (["--pairs", lambda d: _pairs(d / "p.jsonl")], "p.jsonl: no preference records (an empty file, 0 bytes)"),
+    "unknown image": (["--pairs", lambda d: _pairs(d / "p.jsonl", _pair(image="0099.png"))],
+                      "p.jsonl:1: field 'image' names '0099.png', which is not among the 6 known images"),
+    "too long": (["--pairs", lambda d: _pairs(d / "p.jsonl", _pair(), _pair(chosen=LONG))],
+                 "p.jsonl:2: field 'chosen': "),
+    "unknown words": (["--pairs", lambda d: _pairs(d / "p.jsonl", _pair(rejected="a zebra and a red square."))],
+                      "p.jsonl:1: field 'rejected': 'zebra' not in the word-level vocabulary of "),
+    "eval-images": (["--eval-images", "1000"], "option '--eval-images': 1000 images asked for, but split 'val'"),
+    "pope": (["--eval-images", "3"], "option '--eval-images': POPE: no image in dataset"),  # was found after training
+}
+
+
+@pytest.mark.parametrize("case", DPO_CASES)
+def test_train_dpo_input_errors_are_one_line_before_the_first_step(user_data, load_script, tmp_path, capsys, case):
+    data, model = user_data
+    flags, message = DPO_CASES[case]
+    flags = [f(tmp_path) if callable(f) else f for f in flags]
+    out = tmp_path / "out"
+    defaults = ["--eval-images", "0"] if "--eval-images" not in flags else []
+    err = _refused(load_script("train_dpo"), ["--model", str(model), "--data", str(data), "--out", str(out),
+                                              *defaults, *flags], capsys)
+    assert message in err, err
+    assert not out.exists()  # no partial output
+    if case == "too long":
+        assert "> the 256-token context of " in err and "no option raises it" in err
+
+
+def test_train_dpo_a_corrupt_held_out_image_stops_it_before_training(user_data, load_script, tmp_path, capsys):
+    # it used to be found by the evaluation, after both stages had trained (stage outputs left, no eval.json)
+    data, model = user_data
+    broken = data / "val" / "0003.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out = tmp_path / "out"
+    err = _refused(load_script("train_dpo"), ["--model", str(model), "--data", str(data), "--out", str(out),
+                                              "--eval-images", "0"], capsys)
+    assert err.startswith(f"{data}/annotations/instances_val.json: images[3] (id 4) field 'file_name': {broken} ")
+    assert not out.exists()
+
+
+def test_train_dpo_embedded_default_leaves_a_users_data_alone(user_data, load_script, tmp_path, capsys):
+    data, _ = user_data
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    module = load_script("train_dpo")
+    err = _refused(module, ["--data", str(data), "--out", str(tmp_path / "out")], capsys)
+    assert err.startswith(f"option '--data': {data} is not a scene world made by the embedded default")
+    err = _refused(module, ["--data", str(data), "--split", "train", "--eval-split", "myval"], capsys)
+    assert err.startswith("option '--eval-split': the embedded default (no --model) trains on its own scene splits")
+    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_dpo_valid_pairs_pass_the_checks_and_train(user_data, load_script, tmp_path):
+    data, model = user_data
+    pairs = _pairs(tmp_path / "p.jsonl", _pair(), _pair("a box.", "a disc.", "0001.png"))
+    out = tmp_path / "out"
+    assert run_main(load_script("train_dpo").main, [
+        "--model", str(model), "--data", str(data), "--pairs", pairs, "--out", str(out), "--stages", "1",
+        "--stage1-steps", "1", "--batch-size", "2", "--lora-r", "2", "--lora-alpha", "4", "--eval-images", "0"]) == 0
+    assert (out / "stage1" / "model" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("script, flags, message", [
+    ("train_sft", ["--cycles", "0:1e-3:10"], "option '--cycles': every cycle needs steps >= 1"),
+    ("train_sft", ["--batch-size", "0"], "option '--batch-size': must be >= 1, got 0"),
+    ("remedy_loop", ["--arms", "targeted-sft,bogus"], "option '--arms': must be distinct items of targeted-sft"),
+    ("remedy_loop", ["--eval-images", "0"], "option '--eval-images': must be >= 1, got 0"),
+    ("remedy_loop", ["--seeds", "0", "x"], "option '--seeds': must be distinct integers >= 0, got '0,x'"),
+    ("povid_experiment", ["--seeds", "-1"], "option '--seeds': must be distinct integers >= 0, got [-1]"),
+])
+def test_other_recipes_refuse_bad_options_in_one_line(load_script, tmp_path, capsys, script, flags, message):
+    err = _refused(load_script(script), [*flags, "--out", str(tmp_path / "out")], capsys)
+    assert err == message or err.startswith(message), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_sft_leaves_a_users_data_alone(user_data, load_script, tmp_path, capsys):
+    data, _ = user_data
+    err = _refused(load_script("train_sft"), ["--data", str(data), "--out", str(tmp_path / "out")], capsys)
+    assert err.startswith(f"{data} is not a scene world made by the embedded default")
+
+
+def test_an_input_error_from_the_command_line_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_dpo.py"), "--batch-size", "0", "--out",
+                           str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr == "halluremedy: error: option '--batch-size': must be >= 1, got 0\n"
+    assert not (tmp_path / "out").exists()
+    debug = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_dpo.py"), "--batch-size", "0", "--debug"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
