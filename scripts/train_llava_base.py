@@ -51,6 +51,7 @@ class LlavaBaseRecipe:
     partner_noise: float = option(D.partner_noise, "share of eligible detailed captions naming an absent partner")
     extra_noise: float = option(D.extra_noise, "share of detailed captions ending with an absent object")
     batch_size: int = option(D.batch_size, "conversations per step")
+    questions_per_image: int = option(D.questions_per_image, "yes/no existence questions per image in instruction tuning")
     seed: int = option(D.seed, "init and data order")
     data: str = option("runs/scenes", "scene root whose EVAL_SPLIT is evaluated on (the default world's; made if absent)")
     eval_split: str = option("val", "held-out split")
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = LlavaRecipeSpec(tower=replace(D.tower, steps=cfg.tower_steps), text=_stage(cfg.text, "--text"),
                            align=_stage(cfg.align, "--align"), instruct=_stage(cfg.instruct, "--instruct"),
                            scenes=cfg.scenes, partner_noise=cfg.partner_noise, extra_noise=cfg.extra_noise,
-                           batch_size=cfg.batch_size, seed=cfg.seed)
+                           batch_size=cfg.batch_size, questions_per_image=cfg.questions_per_image, seed=cfg.seed)
     heldout = None
     if cfg.eval_images:
         if not (Path(cfg.data) / "annotations" / f"instances_{cfg.eval_split}.json").exists():
