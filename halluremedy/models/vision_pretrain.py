@@ -55,14 +55,14 @@ class VisionPretrainSpec:
     layers: int = 3
     heads: int = 4
     feature_layer: int = -2  # hidden_states index the head reads (LLaVA's vision_feature_layer)
-    steps: int = 3000
+    steps: int = 5000  # 2000 stop on the plateau's far side (large-object min 0.59); 5000 reach 0.96
     batch_size: int = 128
     lr: float = 2e-3
     warmup_ratio: float = 0.03
     weight_decay: float = 0.01
     scenes: int = 40000
     scene_seed: int = 11  # a stream of its own: not the LM's training scenes, not any held-out split
-    noise_share: float = 0.5
+    noise_share: float = 0.3  # measured: 0.3 x 5000 steps meets the bar (see assets/scene_tower)
     noise_max_step: int = 800
     seed: int = 0
 
