@@ -83,17 +83,19 @@ def build_tiny_llava(spec: TinyLlavaSpec, texts: Iterable[str], seed: int = 0
     return model, processor
 
 
-def save_model(model: LlavaForConditionalGeneration, processor: LlavaProcessor, path: str | os.PathLike) -> None:
+def save_model(model: LlavaForConditionalGeneration, processor: LlavaProcessor, path: str | os.PathLike,
+               state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """Save in the Hugging Face layout (config + safetensors + tokenizer + processor), atomically.
 
     The directory is written beside its final place and renamed over it, so a crash leaves either
-    the old checkpoint or the new one, never half of one.
+    the old checkpoint or the new one, never half of one. ``state_dict``: the weights to write
+    instead of the model's own (a sharded model's gathered full state).
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     processor.save_pretrained(tmp)
     old = path.with_name(f".{path.name}.old")
     if path.exists():

@@ -50,6 +50,11 @@ from halluremedy.train.distributed import (
     all_reduce_sum,
     barrier,
     current_shard,
+    full_tensor,
+    is_sharded,
+    load_model_state,
+    load_optimizer_state,
+    optimizer_state,
     wrap_micro_step,
 )
 
@@ -76,7 +81,8 @@ class ResumeMismatch(ValueError):
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """Every trainable parameter, in full on the CPU (a collective when the model is FSDP-sharded)."""
+    return {n: full_tensor(p.detach()).cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def _split_tensors(obj: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
@@ -123,19 +129,22 @@ def rng_states() -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer, scheduler, step: int,
-                    nonfinite_steps: int = 0, rng: dict[str, torch.Tensor] | None = None) -> None:
-    """Write ``out_dir/checkpoint`` through a temporary directory and a rename (rank 0 alone calls
-    it, with ``rng = rng_states()`` gathered on every rank).
+                    nonfinite_steps: int = 0) -> None:
+    """Write ``out_dir/checkpoint`` through a temporary directory and a rename.
 
-    Refuses (``FloatingPointError``) to write weights that are not all finite."""
+    Under torchrun every rank calls it (weights, optimiser state and RNG states are gathered) and
+    rank 0 writes. Refuses (``FloatingPointError``) to write weights that are not all finite."""
     weights = trainable_state(model)
     bad = [n for n, w in weights.items() if not bool(torch.isfinite(w).all())]
     if bad:
         raise FloatingPointError(f"not saving step {step}: non-finite values in {len(bad)} trainable tensors "
                                  f"({bad[0]}, ...)")
-    rng = rng if rng is not None else rng_states()
+    optim = optimizer_state(model, optimizer) if is_sharded(model) else optimizer.state_dict()
+    rng = rng_states()
+    if not current_shard().is_main:
+        return
     tensors: dict[str, torch.Tensor] = {}
-    state = _split_tensors({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+    state = _split_tensors({"optimizer": optim, "scheduler": scheduler.state_dict(), "step": step,
                             "nonfinite_steps": nonfinite_steps, "rng": rng}, tensors)
     final, tmp, old = out_dir / CHECKPOINT, out_dir / ".checkpoint.tmp", out_dir / ".checkpoint.old"
     if tmp.exists():
@@ -171,14 +180,18 @@ def load_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer, scheduler)
         raise RuntimeError(f"{ckpt}: checkpoint lacks trainable parameters {missing[:3]}... (different model or LoRA setup?)")
     state = _join_tensors(json.loads((ckpt / "state.json").read_text()), load_file(ckpt / "state.safetensors"),
                           ckpt / "state.json")
-    with torch.no_grad():
-        for n, w in weights.items():
-            params[n].copy_(w)
     shard = current_shard()
     if state["rng"]["torch"].shape[0] != shard.world:
         raise ValueError(f"{ckpt}: written by {state['rng']['torch'].shape[0]} processes; resume with the same "
                          f"number (torchrun --nproc_per_node), not {shard.world}")
-    optimizer.load_state_dict(state["optimizer"])
+    if is_sharded(model):
+        load_model_state(model, weights)
+        load_optimizer_state(model, optimizer, state["optimizer"])
+    else:
+        with torch.no_grad():
+            for n, w in weights.items():
+                params[n].copy_(w)
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"][shard.rank].clone())  # a row view would be read from its offset 0
     if "cuda" in state["rng"] and torch.cuda.is_available():
@@ -238,7 +251,8 @@ def _json_row(row: Mapping[str, Any]) -> str:
 def train_loop(model: torch.nn.Module, micro_step: MicroStep, cfg: LoopConfig, out_dir: str | os.PathLike, *,
                resume: bool = False, allow_changes: bool = False, settings: Mapping[str, Any] | None = None,
                desc: str = "train") -> list[dict]:
-    """Run ``cfg.steps`` optimiser steps; returns the logged metric rows (also in ``metrics.jsonl``).
+    """Run ``cfg.steps`` optimiser steps; returns the logged metric rows (also in ``metrics.jsonl``;
+    under torchrun on rank 0, empty on the others).
 
     ``settings``: what else defines the run (objective, data, model), stored with the loop settings in
     ``OUT/settings.json`` and compared on resume.
@@ -248,6 +262,7 @@ def train_loop(model: torch.nn.Module, micro_step: MicroStep, cfg: LoopConfig, o
     out_dir = Path(out_dir)
     shard = current_shard()
     out_dir.mkdir(parents=True, exist_ok=True)
+    step_fn, sync = wrap_micro_step(model, micro_step)  # FSDP2 shards the model in place: before the optimiser
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -270,7 +285,6 @@ def train_loop(model: torch.nn.Module, micro_step: MicroStep, cfg: LoopConfig, o
         metrics_path.unlink()
     if shard.is_main:
         (out_dir / SETTINGS).write_text(json.dumps(run_settings, indent=2))
-    step_fn, sync = wrap_micro_step(model, micro_step)
 
     device = next(model.parameters()).device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
@@ -288,12 +302,11 @@ def train_loop(model: torch.nn.Module, micro_step: MicroStep, cfg: LoopConfig, o
                 (loss / cfg.grad_accum).backward()
             losses.append(loss.detach().float())
             batches.append(metrics.get("batch", "?"))
-            for k, v in metrics.items():
-                if k != "batch" and isinstance(v, (int, float)):
-                    sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum
-        if shard.world > 1:  # every rank the same means, and the same verdict on finiteness
-            sums = dict(zip(sums, all_reduce_mean(torch.tensor(list(sums.values()), dtype=torch.float64)).tolist()))
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            for k, v in metrics.items():  # 0-d tensors stay on the device (float64): read at log time only
+                if k != "batch" and isinstance(v, (int, float, torch.Tensor)):
+                    v = v.detach().to(torch.float64) if isinstance(v, torch.Tensor) else float(v)
+                    sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
         losses_t = all_reduce_sum(torch.stack(losses))
         if not bool(torch.isfinite(losses_t).all() & torch.isfinite(grad_norm)):  # one host sync per step
             optimizer.zero_grad(set_to_none=True)
@@ -311,20 +324,30 @@ def train_loop(model: torch.nn.Module, micro_step: MicroStep, cfg: LoopConfig, o
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:  # every rank: the mean is a collective
+            grad_norm, means = _read_metrics(grad_norm, sums)
         if shard.is_main and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
-            row = {"step": step + 1, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), **sums,
+            row = {"step": step + 1, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, **means,
                    "nonfinite_steps": skipped}
             rows.append(row)
             with open(metrics_path, "a") as f:
                 f.write(_json_row(row) + "\n")
-            bar.set_postfix(loss=f"{sums.get('loss', float('nan')):.4f}")
+            bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}")
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
-            rng = rng_states()
-            if shard.is_main:
-                save_checkpoint(out_dir, model, optimizer, scheduler, step + 1, skipped, rng)
+            save_checkpoint(out_dir, model, optimizer, scheduler, step + 1, skipped)
             barrier()
             last_good = step + 1
     return rows
+
+
+def _read_metrics(grad_norm: torch.Tensor, sums: Mapping[str, torch.Tensor | float]) -> tuple[float, dict[str, float]]:
+    """The gradient norm and the step's metric means as Python floats, in ONE device read (the metrics
+    averaged over ranks under torchrun: every rank calls this, at the same steps)."""
+    values = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=grad_norm.device) for v in sums.values()]
+                         ) if sums else torch.zeros(0, dtype=torch.float64, device=grad_norm.device)
+    values = all_reduce_mean(values)
+    flat = torch.cat([grad_norm.detach().to(torch.float64).reshape(1), values]).tolist()
+    return flat[0], dict(zip(sums, flat[1:]))
 
 
 def _truncate_metrics(path: Path, done_steps: int) -> None:

@@ -1,5 +1,6 @@
 """One rank of a data-parallel POVID run (stage 1, stage 2 on a precomputed reference, the SFT
-control), started by ``torchrun`` from ``test_distributed.py``; every stage in ``OUT/<stage>``.
+control, and a full fine-tune of stage 1 against a frozen copy), started by ``torchrun`` from
+``test_distributed.py``; every stage in ``OUT/<stage>``.
 
 ``--die-after-save K``: rank 1 exits right after the K-th checkpoint of the run is on disk (a rank
 killed mid-run), which brings the whole group down as a crash would.
@@ -53,6 +54,8 @@ def run(base, records, dataset, out, batch_size, resume=False):
     run_preference_stage(stage1, records, dataset, f"{out}/stage2", replace(objective, stage=2), spec,
                          reference="precomputed", resume=resume)
     run_sft_control(base, records, dataset, f"{out}/control", spec, resume=resume)
+    run_preference_stage(base, records, dataset, f"{out}/full", objective, replace(spec, lora=False, lr=1e-3),
+                         reference="copy", resume=resume)
 
 
 if __name__ == "__main__":

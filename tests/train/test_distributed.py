@@ -1,6 +1,7 @@
 """torchrun data parallelism on gloo (CPU): 2 ranks x micro-batch 4 train what 1 process x micro-batch 8
-trains, for stage 1, stage 2 (reference log-probs precomputed in parallel) and the SFT control; a run
-whose rank dies mid-way resumes to the same curve and weights.
+trains, for stage 1, stage 2 (reference log-probs precomputed in parallel) and the SFT control (LoRA:
+DDP), and a full fine-tune of stage 1 (FSDP2); a run whose rank dies mid-way resumes to the same
+curve and weights.
 
 Tolerance: float32, the two runs sum the same gradients in a different order (per rank, then the
 all-reduce): loss rows within 1e-5 relative, weights within 1e-5 absolute; the resumed run is exact.
@@ -23,7 +24,7 @@ from halluremedy.data.preference import write_preferences
 from halluremedy.models.llava import save_model
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
-STAGES = ("stage1", "stage2", "control")
+STAGES = ("stage1", "stage2", "control", "full")
 
 
 def _launch(root: Path, out: str, nproc: int, batch_size: int, *extra: str) -> subprocess.CompletedProcess:
@@ -77,8 +78,12 @@ def test_reference_cache_computed_in_parallel_equals_one_process(runs):
 
 
 def test_a_run_whose_rank_died_resumes_to_the_same_curve(runs):
+    """Killed after step 2 of stage 1 (DDP), resumed and killed again after step 2 of the full
+    fine-tune (FSDP2: 2 + 4 + 4 + 2 saves into the resumed run), resumed to the end."""
     killed = runs / "killed"
     assert (killed / "stage1" / "checkpoint").exists() and not (killed / "stage1" / "model").exists()
+    again = _launch(runs, "killed", 2, 4, "--resume", "--die-after-save", "12")
+    assert again.returncode != 0 and (killed / "control" / "model").exists() and not (killed / "full" / "model").exists()
     done = _launch(runs, "killed", 2, 4, "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
     for stage in STAGES:
