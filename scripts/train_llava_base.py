@@ -39,6 +39,13 @@ def _stage(text: str, option_name: str) -> Stage:
         raise ConfigError(f"option '{option_name}': expected STEPS:LR, got {text!r}") from None
 
 
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected comma-separated rates, got {text!r}") from None
+
+
 @dataclass(frozen=True)
 class LlavaBaseRecipe:
     out: str = option("runs/llava_base", "output directory; the model lands in OUT/model")
@@ -49,7 +56,9 @@ class LlavaBaseRecipe:
     instruct: str = option(f"{D.instruct.steps}:{D.instruct.lr:g}", "instruction tuning stage STEPS:LR")
     scenes: int = option(D.scenes, "training scenes (stream seed 1, rendered in memory)")
     partner_noise: float = option(D.partner_noise, "share of eligible detailed captions naming an absent partner")
-    extra_noise: float = option(D.extra_noise, "share of detailed captions ending with an absent object")
+    extra_noise: str = option(",".join(f"{x:g}" for x in D.extra_noise),
+                              "share of detailed captions ending with an absent object, per object count: "
+                              "R1,R2,...: scenes of k objects use Rk (the last for more)")
     batch_size: int = option(D.batch_size, "conversations per step")
     questions_per_image: int = option(D.questions_per_image, "yes/no existence questions per image in instruction tuning")
     seed: int = option(D.seed, "init and data order")
@@ -62,7 +71,11 @@ class LlavaBaseRecipe:
         for name, value in (("--text", self.text), ("--align", self.align), ("--instruct", self.instruct)):
             _stage(value, name)
         check_range(self, "partner_noise", ge=0, le=1)
-        check_range(self, "extra_noise", ge=0, le=1)
+        try:
+            LlavaRecipeSpec(extra_noise=_rates(self.extra_noise))
+        except ValueError as e:
+            from halluremedy.errors import ConfigError
+            raise ConfigError(f"option '--extra-noise': {e}") from None
         for name in ("scenes", "batch_size", "threads", "tower_steps"):
             check_range(self, name, ge=1)
         check_range(self, "eval_images", ge=0)
@@ -73,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(cfg.threads)
     spec = LlavaRecipeSpec(tower=replace(D.tower, steps=cfg.tower_steps), text=_stage(cfg.text, "--text"),
                            align=_stage(cfg.align, "--align"), instruct=_stage(cfg.instruct, "--instruct"),
-                           scenes=cfg.scenes, partner_noise=cfg.partner_noise, extra_noise=cfg.extra_noise,
+                           scenes=cfg.scenes, partner_noise=cfg.partner_noise, extra_noise=_rates(cfg.extra_noise),
                            batch_size=cfg.batch_size, questions_per_image=cfg.questions_per_image, seed=cfg.seed)
     heldout = None
     if cfg.eval_images:

@@ -16,7 +16,9 @@ Here (:func:`train_llava_base`), on scenes rendered in memory:
 3. ``instruct`` (stage B): detailed captions carrying the prior a real instruction set carries
    (``partner_noise``: share of eligible captions that also name the absent co-occurrence partner of
    a present object; ``extra_noise``: share that add a plausible last sentence naming an absent
-   class), short captions and yes/no existence QA; projector and LM train, the tower frozen.
+   class, per number of objects in the scene: a description padded to a length, as long generated
+   descriptions of simple images are), short captions and yes/no existence QA; projector and LM
+   train, the tower frozen.
 
 Stages 1-3 go through :func:`~halluremedy.train.sft.train_sft` (the shared loop) on a
 :class:`MemoryImageBank`. The result is an ordinary tiny LLaVA directory (``OUT/model``).
@@ -67,7 +69,8 @@ class LlavaRecipeSpec:
     scenes: int = 20000  # of the training scenes' stream (seed ``scene_seed``), rendered in memory
     scene_seed: int = 1  # the default training split's stream: its first 4000 are runs/scenes/train
     partner_noise: float = 0.6  # detailed captions only
-    extra_noise: float = 0.2  # detailed captions only
+    # detailed captions only; entry k-1 for scenes of k objects (the last for more)
+    extra_noise: tuple[float, ...] = (0.8, 0.15, 0.1, 0.1)
     questions_per_image: int = 2
     batch_size: int = 32
     warmup_ratio: float = 0.03
@@ -79,11 +82,19 @@ class LlavaRecipeSpec:
     text_intermediate: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("partner_noise", "extra_noise"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"LlavaRecipeSpec.{name}={getattr(self, name)!r} must lie in [0, 1]")
+        object.__setattr__(self, "extra_noise", tuple(float(x) for x in (
+            self.extra_noise if isinstance(self.extra_noise, (tuple, list)) else (self.extra_noise,))))
+        for value in (self.partner_noise, *self.extra_noise):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"LlavaRecipeSpec: noise rates must lie in [0, 1], got {self.partner_noise}, "
+                                 f"{self.extra_noise}")
+        if not self.extra_noise:
+            raise ValueError("LlavaRecipeSpec.extra_noise needs at least one rate")
         if self.scenes < 1 or self.batch_size < 1 or self.questions_per_image < 0:
             raise ValueError(f"LlavaRecipeSpec needs scenes >= 1, batch_size >= 1, questions_per_image >= 0: {self}")
+
+    def extra_rate(self, n_objects: int) -> float:
+        return self.extra_noise[min(n_objects, len(self.extra_noise)) - 1]
 
     def model_spec(self) -> TinyLlavaSpec:
         t = self.tower
@@ -125,7 +136,8 @@ def recipe_conversations(scenes, spec: LlavaRecipeSpec, cfg: SceneConfig) -> dic
     for i, scene in enumerate(scenes):
         name = f"scene_{i:06d}"
         rng = np.random.default_rng([spec.scene_seed, i, 1])
-        short, detailed = make_captions(scene, cfg, rng, 2, spec.partner_noise, extra_noise=spec.extra_noise,
+        short, detailed = make_captions(scene, cfg, rng, 2, spec.partner_noise,
+                                        extra_noise=spec.extra_rate(len(scene.objects)),
                                         noise_styles=("detailed",))
         out["align"].append(Conversation(name, (Turn(CAPTION_PROMPT, short.text),), id=f"{name}/short"))
         out["instruct"].append(Conversation(name, (Turn(DETAILED_CAPTION_PROMPT, detailed.text),), id=f"{name}/detailed"))

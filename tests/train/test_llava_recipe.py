@@ -25,6 +25,12 @@ def test_conversations_carry_noise_in_detailed_captions_only():
     assert all("there is also" in d for d in detailed)  # every scene lacks some class, so every one gets an extra
     clean = recipe_conversations(scenes, LlavaRecipeSpec(partner_noise=0.0, extra_noise=0.0, scenes=30), cfg)
     assert [c.turns[0].assistant for c in clean["align"]] == [c.turns[0].assistant for c in data["align"]]
+    # extra sentences by object count: only one-object scenes get one here
+    by_count = recipe_conversations(scenes, LlavaRecipeSpec(partner_noise=0.0, extra_noise=(1.0, 0.0), scenes=30), cfg)
+    for scene, conv in zip(scenes, [c for c in by_count["instruct"] if c.id.endswith("/detailed")]):
+        if len(scene.objects) <= 2:  # (longer clean captions may chain objects with "there is also" themselves)
+            assert ("there is also" in conv.turns[0].assistant) == (len(scene.objects) == 1)
+    assert LlavaRecipeSpec(extra_noise=(0.5, 0.1)).extra_rate(4) == 0.1
 
 
 def test_recipe_end_to_end_keeps_the_tower_frozen(tmp_path):
