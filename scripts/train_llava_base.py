@@ -61,6 +61,7 @@ class LlavaBaseRecipe:
                               "R1,R2,...: scenes of k objects use Rk (the last for more)")
     batch_size: int = option(D.batch_size, "conversations per step")
     questions_per_image: int = option(D.questions_per_image, "yes/no existence questions per image in instruction tuning")
+    qa_turns: int = option(D.qa_turns, "existence questions per conversation (multi-turn)")
     seed: int = option(D.seed, "init and data order")
     data: str = option("runs/scenes", "scene root whose EVAL_SPLIT is evaluated on (the default world's; made if absent)")
     eval_split: str = option("val", "held-out split")
@@ -76,7 +77,7 @@ class LlavaBaseRecipe:
         except ValueError as e:
             from halluremedy.errors import ConfigError
             raise ConfigError(f"option '--extra-noise': {e}") from None
-        for name in ("scenes", "batch_size", "threads", "tower_steps"):
+        for name in ("scenes", "batch_size", "threads", "tower_steps", "qa_turns"):
             check_range(self, name, ge=1)
         check_range(self, "eval_images", ge=0)
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = LlavaRecipeSpec(tower=replace(D.tower, steps=cfg.tower_steps), text=_stage(cfg.text, "--text"),
                            align=_stage(cfg.align, "--align"), instruct=_stage(cfg.instruct, "--instruct"),
                            scenes=cfg.scenes, partner_noise=cfg.partner_noise, extra_noise=_rates(cfg.extra_noise),
-                           batch_size=cfg.batch_size, questions_per_image=cfg.questions_per_image, seed=cfg.seed)
+                           batch_size=cfg.batch_size, questions_per_image=cfg.questions_per_image, qa_turns=cfg.qa_turns, seed=cfg.seed)
     heldout = None
     if cfg.eval_images:
         if not (Path(cfg.data) / "annotations" / f"instances_{cfg.eval_split}.json").exists():

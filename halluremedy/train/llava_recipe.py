@@ -72,6 +72,7 @@ class LlavaRecipeSpec:
     # detailed captions only; entry k-1 for scenes of k objects (the last for more)
     extra_noise: tuple[float, ...] = (0.8, 0.15, 0.1, 0.1)
     questions_per_image: int = 2
+    qa_turns: int = 1  # questions per conversation (multi-turn, as LLaVA-Instruct's conversations are)
     batch_size: int = 32
     warmup_ratio: float = 0.03
     weight_decay: float = 0.01
@@ -90,7 +91,7 @@ class LlavaRecipeSpec:
                                  f"{self.extra_noise}")
         if not self.extra_noise:
             raise ValueError("LlavaRecipeSpec.extra_noise needs at least one rate")
-        if self.scenes < 1 or self.batch_size < 1 or self.questions_per_image < 0:
+        if self.scenes < 1 or self.batch_size < 1 or self.questions_per_image < 0 or self.qa_turns < 1:
             raise ValueError(f"LlavaRecipeSpec needs scenes >= 1, batch_size >= 1, questions_per_image >= 0: {self}")
 
     def extra_rate(self, n_objects: int) -> float:
@@ -145,11 +146,13 @@ def recipe_conversations(scenes, spec: LlavaRecipeSpec, cfg: SceneConfig) -> dic
         present = sorted({o.category for o in scene.objects})
         absent = [c for c in classes if c not in present]
         qrng = np.random.default_rng([spec.scene_seed, i, 2])
+        turns = []
         for q in range(spec.questions_per_image):
             pool, yes = (present, True) if q % 2 == 0 else (absent, False)
             if pool:
-                out["instruct"].append(Conversation(name, (existence_turn(pool[qrng.integers(len(pool))], yes),),
-                                                    id=f"{name}/exists{q}"))
+                turns.append(existence_turn(pool[qrng.integers(len(pool))], yes))
+        for k in range(0, len(turns), spec.qa_turns):
+            out["instruct"].append(Conversation(name, tuple(turns[k:k + spec.qa_turns]), id=f"{name}/exists{k}"))
     out["text"] = [c for c in out["instruct"] if "/exists" not in (c.id or "")]
     return out
 

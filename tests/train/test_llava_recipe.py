@@ -31,6 +31,10 @@ def test_conversations_carry_noise_in_detailed_captions_only():
         if len(scene.objects) <= 2:  # (longer clean captions may chain objects with "there is also" themselves)
             assert ("there is also" in conv.turns[0].assistant) == (len(scene.objects) == 1)
     assert LlavaRecipeSpec(extra_noise=(0.5, 0.1)).extra_rate(4) == 0.1
+    multi = recipe_conversations(scenes, LlavaRecipeSpec(questions_per_image=6, qa_turns=3, scenes=30), cfg)
+    qa = [c for c in multi["instruct"] if "/exists" in c.id]
+    assert len(qa) == 60 and all(len(c.turns) == 3 for c in qa)
+    assert [t.assistant for t in qa[0].turns] == ["Yes", "No", "Yes"]
 
 
 def test_recipe_end_to_end_keeps_the_tower_frozen(tmp_path):
