@@ -26,8 +26,9 @@ from halluremedy.data.images import ImageBank
 from halluremedy.data.scenes import SceneConfig, make_dataset, scene_text_vocabulary
 from halluremedy.data.sft import caption_and_qa_conversations
 from halluremedy.errors import ConfigError
-from halluremedy.models.llava import TinyLlavaSpec, build_tiny_llava, image_seq_length, load_model, save_model
+from halluremedy.models.llava import TinyLlavaSpec, build_tiny_llava, image_seq_length, load_model
 from halluremedy.prompts import prompt_words
+from halluremedy.train.distributed import current_shard, save_model_on_main
 from halluremedy.train.loop import LoopConfig, plot_metrics
 from halluremedy.train.sft import NoiseAugment, SupervisedBatches, train_sft
 
@@ -164,11 +165,12 @@ class BaseTrainSpec:
 
 def train_base_model(scenes: CocoDataset, out_dir: str | os.PathLike, spec: BaseTrainSpec = BaseTrainSpec(),
                      model_spec: TinyLlavaSpec = TinyLlavaSpec(), *, init: str | os.PathLike | None = None,
-                     resume: bool = False) -> Path:
+                     resume: bool = False, allow_changes: bool = False) -> Path:
     """SFT a tiny LLaVA on captions + existence QA of ``scenes`` (at least ``spec.scenes`` images),
     fresh or continuing from ``init``; saves ``OUT/model`` (HF layout). Cycle ``i`` of several works
     in ``OUT/cycle{i}`` and leaves its model there, so with ``resume`` an interrupted recipe skips
-    finished cycles and resumes the one it stopped in."""
+    finished cycles and resumes the one it stopped in (``allow_changes``: see
+    :func:`~halluremedy.train.loop.train_loop`). Under torchrun the ranks share each cycle (FSDP2)."""
     out_dir = Path(out_dir)
     torch.manual_seed(spec.seed)
     if init:
@@ -188,11 +190,14 @@ def train_base_model(scenes: CocoDataset, out_dir: str | os.PathLike, spec: Base
         batches = SupervisedBatches(conversations, encoder, bank, spec.batch_size, seed=spec.seed, noise=noise)
         loop = LoopConfig(steps=steps, lr=lr, warmup_ratio=spec.warmup_ratio, weight_decay=spec.weight_decay,
                           log_every=25, save_every=250)
-        train_sft(model, batches, loop, cycle_dir, resume=resume)
-        plot_metrics(cycle_dir, ["loss", "lr", "grad_norm"])
-        save_model(model, processor, cycle_dir / "model")
+        train_sft(model, batches, loop, cycle_dir, resume=resume, allow_changes=allow_changes)
+        save_model_on_main(model, processor, cycle_dir / "model")
+        if current_shard().is_main:
+            plot_metrics(cycle_dir, ["loss", "lr", "grad_norm"])
+        if current_shard().world > 1:  # the next cycle shards a fresh copy (FSDP2 shards a model once)
+            model, processor = load_model(cycle_dir / "model")
     if len(spec.cycles) > 1:
-        save_model(model, processor, out_dir / "model")
+        save_model_on_main(model, processor, out_dir / "model")
     return out_dir / "model"
 
 

@@ -146,7 +146,9 @@ class RemedyConfig:
     test_images: int = option(0, "test-split images captioned (0: all)")
     rediagnose: bool = option(True, "re-diagnose every trained arm on the diagnosis split")
     device: str = option("cpu", "cpu | cuda")
-    resume: bool = option(True, "reuse finished diagnoses, arms and evaluations")
+    resume: bool = option(True, "reuse finished diagnoses, arms and evaluations (an arm only if made with the same "
+                          "settings)")
+    resume_with_changes: bool = option(False, "with --resume: also reuse or continue arms made with other settings")
 
     def __post_init__(self) -> None:
         """Every option checked before anything is loaded (ConfigError names the flag)."""
@@ -157,6 +159,8 @@ class RemedyConfig:
         check_choice(self, "dpo_edit", PAIR_EDITS)
         check_choice(self, "class_score", CLASS_SCORES)
         check_choice(self, "reflective_weights", ("targeted", "uniform"))
+        check(self.resume or not self.resume_with_changes, "resume_with_changes", "goes with --resume",
+              self.resume_with_changes)
         for name in ("records", "steps", "batch_size", "diag_images", "eval_images", "scene_train_images",
                      "scene_heldout_images"):
             check_range(self, name, ge=1)
@@ -336,11 +340,12 @@ def main(argv: list[str] | None = None) -> None:
             arm_spec = replace(spec, seed=seed)
             if kind == "sft":
                 model_dir = run_conversation_sft(base_dir, data, source, run_dir, arm_spec, device=cfg.device,
-                                                 resume=cfg.resume, tag=arm)
+                                                 resume=cfg.resume, allow_changes=cfg.resume_with_changes, tag=arm)
             else:
                 objective = PreferenceObjective(stage=1, beta=cfg.beta, nll_alpha=cfg.nll_alpha)
                 model_dir = run_preference_stage(base_dir, data, source, run_dir, objective,
-                                                 replace(arm_spec, lr=cfg.dpo_lr), device=cfg.device, resume=cfg.resume)
+                                                 replace(arm_spec, lr=cfg.dpo_lr), device=cfg.device, resume=cfg.resume,
+                                                 allow_changes=cfg.resume_with_changes)
             rows.setdefault(arm, []).append(evaluated(model_dir, heldout, eval_cfg, run_dir / "eval.json", worst, cfg))
             if cfg.test_data:
                 captioned_test(arm, model_dir, run_dir / test_name)

@@ -16,6 +16,12 @@ A real checkpoint and dataset (local paths only; nothing is downloaded)::
 
 ``--pairs`` takes POVID's LLaVA-conversation JSON(L) or TRL-style {prompt, chosen, rejected, images}.
 
+Data parallel on one node (``--batch-size`` is per process; LoRA runs use DDP, ``--no-lora`` full
+fine-tunes FSDP2; rank 0 writes checkpoints, models and the evaluation)::
+
+    torchrun --nproc_per_node 8 scripts/train_dpo.py --model /ckpt/llava-1.5-7b-hf --data /data/coco \
+        --split train2014 --pairs povid_17k.jsonl --eval-split val2014 --device cuda --batch-size 2 --lr 1e-7
+
 Everything is checked before the first step: the options, every image and annotation of both
 splits, and every preference record (UTF-8, JSON, fields, images it names, its length against the
 model's context and, for a word-level tokenizer, its words against the vocabulary). A problem stops
@@ -56,6 +62,7 @@ from halluremedy.pipeline import (
     resolve_base,
     resolve_data,
 )
+from halluremedy.train.distributed import init_data_parallel, main_rank_first
 from halluremedy.train.dpo import NOISE_POSITION_RULES, PreferenceObjective
 from halluremedy.train.povid import TuningSpec, run_preference_stage, run_sft_control
 
@@ -104,7 +111,9 @@ class DPORecipe:
     seed: int = option(0, "seed for adapters, data order, noise and sampled evaluation")
     eval_images: int = option(500, "held-out images for CHAIR and POPE (0: skip evaluation)")
     device: str = option("cpu", "cpu | cuda")
-    resume: bool = option(False, "reuse finished stages and continue an interrupted one")
+    resume: bool = option(False, "reuse finished stages and continue an interrupted one (same settings only)")
+    resume_with_changes: bool = option(False, "with --resume: also continue a run made with other settings (the new "
+                                       "learning rate and schedule length apply from the next step)")
 
     def __post_init__(self) -> None:
         """Every option checked before anything is loaded (ConfigError names the flag)."""
@@ -148,15 +157,19 @@ class DPORecipe:
         except ValueError as e:
             raise ConfigError(f"option '--base-cycles': {e}") from None
         check_device(self)
+        check(self.resume or not self.resume_with_changes, "resume_with_changes", "goes with --resume",
+              self.resume_with_changes)
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(DPORecipe, __doc__, argv)
     out = Path(cfg.out)
+    shard, device = init_data_parallel(cfg.device)  # torchrun: this process's rank and GPU
     # inputs first, every one checked before the first step and before anything is written to OUT
-    train, heldout = resolve_data(cfg.model, cfg.data, cfg.split, cfg.eval_split,
-                                  scene_train_images=cfg.scene_train_images,
-                                  scene_heldout_images=cfg.scene_heldout_images)
+    with main_rank_first():  # rank 0 generates what is absent, the others read it
+        train, heldout = resolve_data(cfg.model, cfg.data, cfg.split, cfg.eval_split,
+                                      scene_train_images=cfg.scene_train_images,
+                                      scene_heldout_images=cfg.scene_heldout_images)
     eval_cfg = None
     if cfg.eval_images:
         eval_cfg = EvalConfig(chair_images=cfg.eval_images, pope_images=cfg.eval_images, seed=cfg.seed,
@@ -177,10 +190,12 @@ def main(argv: list[str] | None = None) -> None:
         if not records:
             raise DatasetError(f"{train.instances_path}: no preference pair could be made from the captions of "
                                f"split '{train.split}' with --edit-kinds {cfg.edit_kinds}")
-    base_dir = resolve_base(cfg.model, cfg.data, base_out=cfg.base_out, base_cycles=cfg.base_cycles,
-                            scene_train_images=cfg.scene_train_images, scene_heldout_images=cfg.scene_heldout_images)
+    with main_rank_first():
+        base_dir = resolve_base(cfg.model, cfg.data, base_out=cfg.base_out, base_cycles=cfg.base_cycles,
+                                scene_train_images=cfg.scene_train_images,
+                                scene_heldout_images=cfg.scene_heldout_images)
     check_records_fit(records, record_encoder(base_dir), places=places, model=str(base_dir))
-    if not cfg.pairs:
+    if not cfg.pairs and shard.is_main:
         write_preferences(out / "pairs.jsonl", records)
         print(generation.summary())
 
@@ -198,18 +213,21 @@ def main(argv: list[str] | None = None) -> None:
         steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
         current = run_preference_stage(current, records, train, out / f"stage{stage}",
                                        replace(objective, stage=stage), replace(spec, steps=steps),
-                                       reference=cfg.reference, device=cfg.device, resume=cfg.resume)
+                                       reference=cfg.reference, device=device, resume=cfg.resume,
+                                       allow_changes=cfg.resume_with_changes)
         models[f"stage{stage}"] = current
     if cfg.control:
         steps = sum(cfg.stage1_steps if s == 1 else cfg.stage2_steps for s in stages)
         models["sft-control"] = run_sft_control(base_dir, records, train, out / "sft_control", replace(spec, steps=steps),
-                                                device=cfg.device, resume=cfg.resume)
+                                                device=device, resume=cfg.resume, allow_changes=cfg.resume_with_changes)
+    if not shard.is_main:  # under torchrun, rank 0 alone evaluates and reports
+        return
     write_json_atomic(out / "models.json", {k: str(v) for k, v in models.items()}, indent=1)
 
     if eval_cfg is not None:
         rows, results = {}, {}
         for name, path in models.items():
-            model, processor = load_model(path, device=cfg.device)
+            model, processor = load_model(path, device=device)
             results[name] = evaluate(model, processor, heldout, eval_cfg)
             rows[name] = summary_row(results[name])
         write_json_atomic(out / "eval.json", {"recipe": asdict(cfg), "results": results}, indent=2)

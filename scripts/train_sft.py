@@ -4,6 +4,7 @@
     python scripts/train_sft.py --cycles 300:1e-3:4000 --out runs/quick
     python scripts/train_sft.py --resume                 # continue an interrupted run exactly
     python scripts/train_sft.py --init runs/base/model --cycles 2000:5e-4:40000 --out runs/more   # train further
+    torchrun --nproc_per_node 2 scripts/train_sft.py --batch-size 16   # data parallel (FSDP2), per-process batch
 
 The base is meant to hallucinate: its training captions carry partner noise (half of the captions
 that could, i.e. whose image shows a trigger class without its partner, also mention the absent
@@ -16,7 +17,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from halluremedy.config import check_model_dir, check_range, option, parse_config
+from halluremedy.config import check, check_model_dir, check_range, option, parse_config
 from halluremedy.data.coco import write_json_atomic
 from halluremedy.errors import ConfigError, run_main
 from halluremedy.eval.run import EvalConfig, check_evaluation, evaluate, format_table, summary_row
@@ -31,6 +32,7 @@ from halluremedy.pipeline import (
     parse_cycles,
     train_base_model,
 )
+from halluremedy.train.distributed import init_data_parallel, main_rank_first
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ class SFTRecipe:
     caption_noise: float = option(SceneDataSpec.caption_noise, "share of eligible training captions that mention an absent partner (new data only)")
     eval_images: int = option(500, "held-out images for CHAIR and POPE")
     init: str = option("", "continue from this model directory instead of a fresh tiny model")
-    resume: bool = option(False, "continue from OUT/checkpoint")
+    resume: bool = option(False, "continue from OUT/checkpoint (same settings only)")
+    resume_with_changes: bool = option(False, "with --resume: also continue a run made with other settings")
 
     def __post_init__(self) -> None:
         """Every option checked before anything is generated or loaded (ConfigError names the flag)."""
@@ -58,6 +61,8 @@ class SFTRecipe:
         check_range(self, "caption_noise", ge=0, le=1)
         for name in ("seed", "eval_images"):
             check_range(self, name, ge=0)
+        check(self.resume or not self.resume_with_changes, "resume_with_changes", "goes with --resume",
+              self.resume_with_changes)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,16 +70,21 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.init:
         check_model_dir(cfg.init, "--init")
     data = SceneDataSpec(caption_noise=cfg.caption_noise)
-    _, heldout = ensure_scene_data(cfg.data, data)
-    heldout.verify_images(progress=True)
+    shard, _ = init_data_parallel("cpu")
+    with main_rank_first():  # rank 0 generates what is absent, the others read it
+        _, heldout = ensure_scene_data(cfg.data, data)
+        scenes = ensure_base_split(cfg.data, BaseTrainSpec(cycles=parse_cycles(cfg.cycles)).scenes, data)
+    heldout.verify_images(progress=shard.is_main)
     eval_cfg = EvalConfig(chair_images=cfg.eval_images, pope_images=cfg.eval_images, seed=cfg.seed,
                           caption_decodings=(Decoding(0.0, 64, cfg.seed), Decoding(1.0, 64, cfg.seed))) \
         if cfg.eval_images else None
     if eval_cfg is not None:
         check_evaluation(heldout, eval_cfg, chair_option="--eval-images", pope_option="--eval-images")
     spec = BaseTrainSpec(cycles=parse_cycles(cfg.cycles), batch_size=cfg.batch_size, seed=cfg.seed)
-    scenes = ensure_base_split(cfg.data, spec.scenes, data)  # its images: read (and checked) before the first step
-    model_dir = train_base_model(scenes, cfg.out, spec, init=cfg.init or None, resume=cfg.resume)
+    model_dir = train_base_model(scenes, cfg.out, spec, init=cfg.init or None, resume=cfg.resume,
+                                 allow_changes=cfg.resume_with_changes)  # the images: read (checked) before step 1
+    if not shard.is_main:  # under torchrun, rank 0 alone evaluates
+        return
     if eval_cfg is None:
         print(f"model: {model_dir} (--eval-images 0: not evaluated)")
         return

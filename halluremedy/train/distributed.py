@@ -82,6 +82,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+@contextlib.contextmanager
+def main_rank_first():
+    """Rank 0 runs the block first (e.g. generating data that is absent), the others after it (reading it)."""
+    if not current_shard().is_main:
+        barrier()
+    yield
+    if current_shard().is_main:
+        barrier()
+
+
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     """``values`` averaged over ranks (unchanged when alone)."""
     world = current_shard().world
@@ -186,6 +196,17 @@ _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
     """The whole model's weights on rank 0's CPU when ``model`` is sharded (a collective), else None."""
     return get_model_state_dict(model, options=_FULL) if is_sharded(model) else None
+
+
+def save_model_on_main(model: nn.Module, processor, path) -> None:
+    """``save_model`` by rank 0, with a sharded model's weights gathered from every rank; the others
+    wait until it is on disk."""
+    from halluremedy.models.llava import save_model
+
+    gathered = full_model_state(model)
+    if current_shard().is_main:
+        save_model(model, processor, path, state_dict=gathered)
+    barrier()
 
 
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:

@@ -44,6 +44,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from halluremedy.errors import ConfigError
 from halluremedy.train.distributed import (
     all_gather_stacked,
     all_reduce_mean,
@@ -76,7 +77,7 @@ class LoopConfig:
     max_nonfinite_steps: int = 0  # steps with a non-finite loss or gradient skipped before the run stops
 
 
-class ResumeMismatch(ValueError):
+class ResumeMismatch(ConfigError):
     """``--resume`` into a run directory made with other settings; the message names the fields."""
 
 
@@ -162,7 +163,7 @@ def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer, scheduler,
 
 def _refuse_old_layout(ckpt: Path) -> None:
     if (ckpt / "optimizer.pt").exists() and not (ckpt / "state.json").exists():
-        raise ValueError(f"{ckpt}: checkpoint of the old layout (pickled optimizer.pt, which can run code when "
+        raise ConfigError(f"{ckpt}: checkpoint of the old layout (pickled optimizer.pt, which can run code when "
                          f"loaded); not loading it. Start the run afresh (without --resume) or remove {ckpt}")
 
 
@@ -182,7 +183,7 @@ def load_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer, scheduler)
                           ckpt / "state.json")
     shard = current_shard()
     if state["rng"]["torch"].shape[0] != shard.world:
-        raise ValueError(f"{ckpt}: written by {state['rng']['torch'].shape[0]} processes; resume with the same "
+        raise ConfigError(f"{ckpt}: written by {state['rng']['torch'].shape[0]} processes; resume with the same "
                          f"number (torchrun --nproc_per_node), not {shard.world}")
     if is_sharded(model):
         load_model_state(model, weights)

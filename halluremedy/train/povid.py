@@ -20,9 +20,9 @@ from halluremedy.data.conversation import Conversation, ConversationEncoder, Tur
 from halluremedy.data.images import ImageBank
 from halluremedy.data.preference import PreferenceRecord
 from halluremedy.eval.run import object_vocabulary
-from halluremedy.models.llava import image_seq_length, load_model, save_model
+from halluremedy.models.llava import image_seq_length, load_model
 from halluremedy.models.lora import add_lora, merge_lora
-from halluremedy.train.distributed import barrier, current_shard, full_model_state
+from halluremedy.train.distributed import current_shard, save_model_on_main
 from halluremedy.train.dpo import (
     PreferenceBatches,
     PreferenceObjective,
@@ -88,13 +88,10 @@ def _finished(out_dir: Path, settings: dict[str, Any], resume: bool, allow_chang
 def _finish(model, processor, out_dir: Path, spec: TuningSpec, keys: list[str], settings: dict[str, Any]) -> Path:
     """Merge the adapters and save ``OUT/model`` (rank 0, with an FSDP-sharded model's weights
     gathered from every rank; the other ranks wait for it)."""
-    gathered = full_model_state(model)
+    save_model_on_main(merge_lora(model) if spec.lora else model, processor, out_dir / "model")
     if current_shard().is_main:
         plot_metrics(out_dir, keys)
-        merged = merge_lora(model) if spec.lora else model
-        save_model(merged, processor, out_dir / "model", state_dict=gathered)
         write_json_atomic(out_dir / "recipe.json", settings, indent=2)
-    barrier()
     return out_dir / "model"
 
 

@@ -2,6 +2,7 @@
 input errors: one line, exit status 2, before the first step, nothing written."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -161,6 +162,25 @@ def test_train_dpo_valid_pairs_pass_the_checks_and_train(user_data, load_script,
     assert (out / "stage1" / "model" / "config.json").is_file()
 
 
+def test_train_dpo_resume_refuses_changed_settings_in_one_line(user_data, load_script, tmp_path, capsys):
+    data, model = user_data
+    pairs = _pairs(tmp_path / "p.jsonl", _pair(), _pair("a box.", "a disc.", "0001.png"))
+    argv = ["--model", str(model), "--data", str(data), "--pairs", pairs, "--out", str(tmp_path / "out"),
+            "--stages", "1", "--stage1-steps", "1", "--batch-size", "2", "--lora-r", "2", "--lora-alpha", "4",
+            "--eval-images", "0", "--resume"]
+    recipe = load_script("train_dpo")
+    assert run_main(recipe.main, argv) == 0
+    finished = (tmp_path / "out" / "stage1" / "model" / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()  # the training run's progress bars
+    message = _refused(recipe, [*argv, "--lr", "1e-3"], capsys)
+    assert "--resume into a run made with other settings: tuning.lr: 0.0002 -> 0.001" in message
+    assert run_main(recipe.main, [*argv, "--lr", "1e-3", "--resume-with-changes"]) == 0  # reuses the finished stage
+    assert (tmp_path / "out" / "stage1" / "model" / "model.safetensors").stat().st_mtime_ns == finished
+    capsys.readouterr()
+    assert "option '--resume-with-changes': goes with --resume" in _refused(
+        recipe, [a for a in argv if a != "--resume"] + ["--resume-with-changes"], capsys)
+
+
 @pytest.mark.parametrize("script, flags, message", [
     ("train_sft", ["--cycles", "0:1e-3:10"], "option '--cycles': every cycle needs steps >= 1"),
     ("train_sft", ["--batch-size", "0"], "option '--batch-size': must be >= 1, got 0"),
@@ -189,3 +209,23 @@ def test_an_input_error_from_the_command_line_is_one_line_and_exit_2(tmp_path):
     debug = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_dpo.py"), "--batch-size", "0", "--debug"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+
+
+def test_train_dpo_under_torchrun_two_ranks(user_data, tmp_path):
+    """The front door as ``torchrun --nproc_per_node 2`` (gloo): both ranks train every stage, rank 0 writes
+    the models (the equality of the result with one process is tests/train/test_distributed.py's)."""
+    data, model = user_data
+    pairs = _pairs(tmp_path / "p.jsonl", _pair(), _pair("a box.", "a disc.", "0001.png"))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(ROOT / "scripts" / "train_dpo.py"), "--model", str(model), "--data", str(data), "--pairs", pairs,
+         "--out", str(out), "--stage1-steps", "2", "--stage2-steps", "1", "--batch-size", "1", "--lora-r", "2",
+         "--lora-alpha", "4", "--control", "--eval-images", "0"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "models.json").read_text()).keys() == {"base", "stage1", "stage2", "sft-control"}
+    for stage in ("stage1", "stage2", "sft_control"):
+        assert json.loads((out / stage / "settings.json").read_text())["world_size"] == 2
+        assert (out / stage / "model" / "model.safetensors").is_file()
+    assert proc.stdout.count('"stage2":') == 1  # the model listing, printed by rank 0 alone
