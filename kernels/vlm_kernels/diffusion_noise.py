@@ -98,9 +98,14 @@ def noise_coefficients(
     batch, channels = images.shape[:2]
     alphas_cumprod = _SCHEDULES[schedule]() if isinstance(schedule, str) else schedule
     alphas_cumprod = alphas_cumprod.to(device=images.device, dtype=torch.float32)
-    steps = torch.as_tensor(step, device=images.device).long().expand(batch)  # (B,)
-    if bool(((steps < 0) | (steps >= alphas_cumprod.numel())).any()):
-        raise ValueError(f"step must lie in [0, {alphas_cumprod.numel()})")
+    if isinstance(step, int):  # checked on the host: no device read
+        if not 0 <= step < alphas_cumprod.numel():
+            raise ValueError(f"step must lie in [0, {alphas_cumprod.numel()})")
+        steps = torch.full((batch,), step, dtype=torch.long, device=images.device)  # (B,)
+    else:
+        steps = torch.as_tensor(step, device=images.device).long().expand(batch)  # (B,)
+        if bool(((steps < 0) | (steps >= alphas_cumprod.numel())).any()):  # a host sync on a GPU
+            raise ValueError(f"step must lie in [0, {alphas_cumprod.numel()})")
     abar = alphas_cumprod[steps][:, None]  # (B, 1)
     mean_t = torch.tensor(mean if mean is not None else [0.0] * channels, dtype=torch.float32, device=images.device)
     std_t = torch.tensor(std if std is not None else [1.0] * channels, dtype=torch.float32, device=images.device)

@@ -402,9 +402,11 @@ class LinearLogprobFunction(torch.autograd.Function):
         bias: torch.Tensor | None,
         targets: torch.Tensor,
         params: LinearLogprobParams,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         valid = targets >= 0  # (N, K)
-        rows = valid.any(dim=1).nonzero().squeeze(1)  # (R,): rows with at least one target
+        if rows is None:
+            rows = valid.any(dim=1).nonzero().squeeze(1)  # (R,): rows with at least one target (a host sync)
         logp = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
         lse = torch.empty(0, dtype=torch.float32, device=hidden.device)
         if rows.numel():
@@ -421,11 +423,11 @@ class LinearLogprobFunction(torch.autograd.Function):
         needs = tuple(ctx.needs_input_grad[:3])
         if not rows.numel():
             grads = tuple(torch.zeros_like(t) if need else None for t, need in zip((hidden, weight, bias), needs))
-            return (*grads, None, None)
+            return (*grads, None, None, None)
         grad = torch.where(targets[rows] >= 0, grad_logp[rows].float(), 0.0).contiguous()  # (R, K)
         grads = _BACKWARD[ctx.params.impl](hidden, weight, bias, targets, rows, lse, grad, needs, ctx.params.config)
         cast = tuple(None if g is None else g.to(t.dtype) for g, t in zip(grads, (hidden, weight, bias)))
-        return (*cast, None, None)
+        return (*cast, None, None, None)
 
 
 def linear_logprob(
@@ -436,6 +438,8 @@ def linear_logprob(
     *,
     impl: str = "auto",
     config: StreamConfig | None = None,
+    rows: torch.Tensor | None = None,
+    check_targets: bool = True,
 ) -> torch.Tensor:
     """Log-probabilities of K target tokens per row under a linear head, without (N, V) logits.
 
@@ -446,6 +450,11 @@ def linear_logprob(
         bias: optional (V,) head bias.
         impl: "auto" (Triton for CUDA tensors, torch otherwise), "triton" or "torch".
         config: tile / chunk configuration; None uses :func:`default_stream_config` of the dtype.
+        rows: optional (R,) long, the rows with at least one target >= 0, in increasing order, when the
+            caller knows them (e.g. every row: ``arange(N)``); None finds them with ``nonzero``, which
+            reads a device value back (a host sync on CUDA).
+        check_targets: raise ValueError unless every target is < V (another host sync on CUDA);
+            pass False when the caller has checked them.
 
     Returns:
         (N, K) float32 ``log_softmax(hidden @ weight.T + bias)[n, targets[n, k]]``, differentiable
@@ -454,11 +463,13 @@ def linear_logprob(
     hidden, weight, bias = prepare_inputs(hidden, weight, bias)
     if targets.shape[:1] != hidden.shape[:1] or targets.dim() != 2 or targets.dtype.is_floating_point:
         raise ValueError(f"expected integer targets of shape ({hidden.shape[0]}, K), got {tuple(targets.shape)}")
-    if bool((targets >= weight.shape[0]).any()):
+    if check_targets and bool((targets >= weight.shape[0]).any()):
         raise ValueError(f"targets must be < V = {weight.shape[0]}")
+    if rows is not None and (rows.dim() != 1 or rows.dtype != torch.long):
+        raise ValueError(f"rows must be a 1-D long tensor, got {rows.dtype} {tuple(rows.shape)}")
     backend = resolve_impl(impl, hidden)
     params = LinearLogprobParams(backend, config or default_stream_config(hidden.dtype))
-    return LinearLogprobFunction.apply(hidden, weight, bias, targets.long().contiguous(), params)
+    return LinearLogprobFunction.apply(hidden, weight, bias, targets.long().contiguous(), params, rows)
 
 
 def linear_logprob_reference(

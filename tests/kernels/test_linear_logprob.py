@@ -189,3 +189,28 @@ def test_torch_path_any_shape(n: int, d: int, v: int, k: int, chunk: int, seed: 
     torch.testing.assert_close(out, want.float())
     for got, ref in zip(grads, want_grads):
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def check_given_rows(impl: str) -> None:
+    """``rows=`` (the caller's valid rows) + ``check_targets=False``: no device read, the same output
+    and gradients as finding the rows with ``nonzero``; a superset of the valid rows (``arange(N)``)
+    changes only the row chunking (rounding)."""
+    hidden, weight, targets, bias = make_inputs(torch.float32, 2, bias=True, seed=3)
+    grad_out = torch.randn(N, 2, generator=torch.Generator().manual_seed(4))
+    valid = (targets >= 0).any(dim=1).nonzero().squeeze(1)
+    default = run(lambda h, w, t, b: linear_logprob(h, w, t, b, impl=impl, config=CONFIG),
+                  hidden, weight, targets, bias, grad_out)
+    for rows, tol in ((valid, 0.0), (torch.arange(N), 1e-5)):
+        given = run(lambda h, w, t, b, rows=rows: linear_logprob(h, w, t, b, impl=impl, config=CONFIG, rows=rows,
+                                                      check_targets=False),
+                    hidden, weight, targets, bias, grad_out)
+        torch.testing.assert_close(given[0], default[0], atol=tol, rtol=0)
+        for a, b in zip(given[1], default[1]):
+            torch.testing.assert_close(a, b, atol=max(tol, 1e-6), rtol=1e-5)
+    with pytest.raises(ValueError, match="rows"):
+        linear_logprob(hidden, weight, targets, rows=valid.int())
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_given_rows_skip_the_nonzero_and_change_nothing(interpreted, impl):
+    interpreted(check_given_rows, impl)
