@@ -14,6 +14,9 @@ and ``R_gj[:i+1]``. One :class:`VarlenPlan` describes the segments; both backend
 
 * ``flash_attn_varlen_func`` (CUDA, fp16/bf16, flash-attn installed): queries are the packed row as
   is; keys/values are gathered with ``kv_index`` so the prefix is repeated once per extra response.
+* FlexAttention (CUDA without flash-attn; built into torch, compiled on CUDA): one ``BlockMask``
+  over the whole row from each row's group and response (:func:`flex_block_mask`); no key is
+  gathered or repeated, and blocks outside every group are skipped;
 * SDPA elsewhere, group by group: groups never attend to each other, so :func:`group_block_masks`
   turns the plan into one small (L_g, L_g) boolean mask per group span ``[P_g start, last R_g end)``
   (a :class:`GroupMasks`), and :func:`packed_group_attention` runs torch SDPA on each span's slice
@@ -43,6 +46,7 @@ except ImportError:
 PACKED_ATTENTION = "halluremedy_packed"
 VARLEN_KWARG = "halluremedy_varlen"  # the keyword the pack's VarlenPlan travels under, model -> attention
 GROUPS_KWARG = "halluremedy_groups"  # the keyword the pack's GroupMasks travel under (SDPA backend)
+FLEX_KWARG = "halluremedy_flex"  # the keyword the pack's FlexAttention BlockMask travels under
 
 VarlenFn = Callable[..., torch.Tensor]
 
@@ -195,6 +199,52 @@ def packed_varlen_attention(query: torch.Tensor, key: torch.Tensor, value: torch
     return out.unsqueeze(0)                                       # (1, T, H, d)
 
 
+def flex_block_mask(row_group: torch.Tensor, row_response: torch.Tensor):
+    """FlexAttention ``BlockMask`` of a packed row: row ``q`` may attend to row ``k`` iff both are in
+    one group, ``k <= q``, and ``k`` is a prefix row (``row_response[k] < 0``) or a row of ``q``'s own
+    response. That is :func:`varlen_block_mask`'s mask, built on the rows' device from two (T,) long
+    tensors; fully masked (row block, key block) tiles are skipped by the kernel.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q, k):
+        return (row_group[q] == row_group[k]) & (k <= q) & ((row_response[k] < 0) | (row_response[k] == row_response[q]))
+
+    total = row_group.shape[0]
+    return create_block_mask(mask_mod, None, None, total, total, device=row_group.device)
+
+
+_compiled_flex = None
+
+
+def _flex_fn(device: torch.device) -> VarlenFn:
+    """``flex_attention``: compiled on CUDA (the fused kernel), eager elsewhere (CPU: forward only)."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device.type != "cuda":
+        return flex_attention
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=True)
+    return _compiled_flex
+
+
+def packed_flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, block_mask,
+                          scaling: float | None, dropout: float = 0.0) -> torch.Tensor:
+    """Prefix-shared attention of one packed row through FlexAttention and the pack's block mask.
+
+    query: (1, H, T, d); key, value: (1, Hkv, T, d) (GQA handled by the kernel). Returns (1, T, H, d).
+    Under autocast q/k/v are brought to one dtype (the autocast dtype when RoPE promoted them).
+    """
+    if dropout:
+        raise NotImplementedError("the FlexAttention backend has no attention dropout")
+    dtype = flash_dtype(query) or query.dtype
+    query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+    out = _flex_fn(query.device)(query, key, value, block_mask=block_mask, scale=scaling,
+                                 enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2).contiguous()                                 # (1, T, H, d)
+
+
 def packed_group_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                            groups: GroupMasks, dropout: float = 0.0, scaling: float | None = None) -> torch.Tensor:
     """Prefix-shared attention of one packed row through torch SDPA, one call per group span.
@@ -221,6 +271,7 @@ def packed_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
     """The ``"halluremedy_packed"`` attention function (transformers' AttentionInterface signature).
 
     With a :class:`VarlenPlan` under ``kwargs[VARLEN_KWARG]``: FlashAttention-2 varlen over the pack.
+    With a ``BlockMask`` under ``kwargs[FLEX_KWARG]``: FlexAttention over the whole pack.
     With :class:`GroupMasks` under ``kwargs[GROUPS_KWARG]``: torch SDPA group by group (the packed
     SDPA backend; ``attention_mask`` is then the empty placeholder and ignored).
     Otherwise exactly transformers' SDPA function on the mask the model built or was given (HF's
@@ -229,8 +280,11 @@ def packed_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
     """
     plan = kwargs.pop(VARLEN_KWARG, None)
     groups = kwargs.pop(GROUPS_KWARG, None)
+    block_mask = kwargs.pop(FLEX_KWARG, None)
     if plan is not None:
         return packed_varlen_attention(query, key, value, plan, scaling, dropout), None
+    if block_mask is not None:
+        return packed_flex_attention(query, key, value, block_mask, scaling, dropout), None
     if groups is not None:
         return packed_group_attention(module, query, key, value, groups, dropout, scaling), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,

@@ -468,3 +468,149 @@ def test_autocast_bf16(mha):
     eager_err = (eager - exact).abs().max().item()
     assert got.dtype == torch.float32
     assert got_err <= 2 * eager_err + 1e-3, (got_err, eager_err)
+
+
+# ---------------------------------------------------------------------------------------------
+# image features shared by a step's forwards; the tower cut at its feature layer
+
+
+def test_tower_stops_at_the_feature_layer(mha):
+    """Frozen tower: features equal get_image_features' exactly (float64), and the last layer never runs."""
+    from halluremedy.models.packed import StepImages, tower_features
+
+    model = copy.deepcopy(mha[0]).double().requires_grad_(False)
+    pixel_values = images(3, seed=11).double()
+    last = model.model.vision_tower.encoder.layers[-1]
+    ran = []
+    hook = last.register_forward_hook(lambda *args: ran.append(1))
+    try:
+        with torch.no_grad():
+            want = model.model.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
+            ran.clear()
+            got = StepImages(pixel_values).features(model.model)
+            cut = tower_features(model.model, pixel_values)
+    finally:
+        hook.remove()
+    assert not ran and len(model.model.vision_tower.encoder.layers) == 3  # put back after the cut forward
+    assert cut.shape == (3, 16, model.config.vision_config.hidden_size)
+    torch.testing.assert_close(got, torch.stack(list(want)), atol=0, rtol=0)
+
+
+def test_step_images_run_the_frozen_tower_once_for_every_forward(mha):
+    """Policy (LoRA), reference (adapters disabled) and a second pack: one tower call per StepImages,
+    and the log-probs those forwards give are those of fresh, unshared forwards."""
+    peft = pytest.importorskip("peft")
+    from halluremedy.models.packed import StepImages
+
+    base, enc = mha
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj|down_proj)",
+                             init_lora_weights=False)
+    policy = peft.get_peft_model(copy.deepcopy(base), config)
+    prompts, responses = groups(enc)
+    packed, chosen = pack_groups(prompts, responses), pack_groups(prompts, [r[:1] for r in responses])
+    pixel_values = images(3, seed=12)
+    calls = []
+    hook = policy.base_model.model.model.vision_tower.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        shared = StepImages(pixel_values)
+        with torch.no_grad(), policy.disable_adapter():
+            ref = packed_response_logprobs(policy, packed, shared).summed
+        ref_chosen = packed_response_logprobs(policy, chosen, shared).summed.detach()
+        got = packed_response_logprobs(policy, packed, shared)
+        got.summed.sum().backward()
+        assert len(calls) == 1 and shared.tower_calls == 1
+        with torch.no_grad(), policy.disable_adapter():
+            ref_fresh = packed_response_logprobs(policy, packed, pixel_values).summed
+        fresh = packed_response_logprobs(policy, packed, pixel_values).summed
+        fresh_chosen = packed_response_logprobs(policy, chosen, pixel_values).summed
+    finally:
+        hook.remove()
+    torch.testing.assert_close(ref, ref_fresh, atol=0, rtol=0)
+    torch.testing.assert_close(got.summed.detach(), fresh.detach(), atol=0, rtol=0)
+    torch.testing.assert_close(ref_chosen, fresh_chosen.detach(), atol=0, rtol=0)
+    assert all(p.grad is not None for n, p in policy.named_parameters() if "lora_" in n)
+
+
+def test_trainable_projector_and_tower_keep_their_gradients(mha):
+    """A trainable part is never cached without grad: the projector (tower frozen) and a trainable tower
+    (run whole) get the gradients fresh forwards give them."""
+    from halluremedy.models.packed import StepImages
+
+    model, enc = copy.deepcopy(mha[0]), mha[1]
+    prompts, responses = groups(enc)
+    packed = pack_groups(prompts, responses)
+    pixel_values = images(3, seed=13)
+    projector = "model.multi_modal_projector.linear_1.weight"
+    tower = "model.vision_tower.encoder.layers.0.self_attn.v_proj.weight"
+    for trainable in ([projector], [projector, tower]):
+        model.requires_grad_(False)
+        params = dict(model.named_parameters())
+        prefixes = {n.rsplit(".encoder", 1)[0] if "vision" in n else "model.multi_modal_projector" for n in trainable}
+        for name, p in params.items():
+            p.requires_grad_(any(name.startswith(prefix) for prefix in prefixes))
+        shared = StepImages(pixel_values)
+        with torch.no_grad():
+            packed_response_logprobs(model, packed, shared)  # a no-grad forward first (as the reference's)
+        model.zero_grad()
+        packed_response_logprobs(model, packed, shared).summed.sum().backward()
+        got = {n: params[n].grad.clone() for n in trainable}
+        model.zero_grad()
+        packed_response_logprobs(model, packed, pixel_values).summed.sum().backward()
+        for name in trainable:
+            assert got[name].abs().sum() > 0
+            torch.testing.assert_close(got[name], params[name].grad, atol=0, rtol=0, msg=name)
+
+
+def test_to_device_keeps_one_copy_and_its_masks():
+    p = hand_pack()
+    moved = p.to("meta")
+    assert p.to("meta") is moved and moved.to("cpu") is p and moved.host is p
+    assert p.group_spans() == [(0, 6), (6, 10)] and moved.group_spans() == [(0, 6), (6, 10)]
+    count, rows = pack_groups([[10, 7, 7, 11]], [[[13]]]).image_rows(7)
+    assert count == 2 and rows.tolist() == [1, 2]
+    assert p.max_target == 23
+    with pytest.raises(ValueError, match=">= 0"):
+        pack_groups([[1, 2]], [[[3, -1]]])
+
+
+# ---------------------------------------------------------------------------------------------
+# FlexAttention (forward only on the CPU: FlexAttention has no CPU backward)
+
+
+def test_flex_block_mask_is_the_pack_mask():
+    from halluremedy.models.attention import flex_block_mask
+
+    p = pack_groups([[1] * 7, [2] * 4, [3] * 3], [[[3] * 5, [4] * 2, [5] * 6], [[6] * 3], [[7] * 2, [8] * 9]])
+    block = flex_block_mask(p.row_group, p.row_response)
+    q = torch.arange(p.num_tokens)[:, None].expand(-1, p.num_tokens)
+    k = torch.arange(p.num_tokens)[None, :].expand(p.num_tokens, -1)
+    zero = torch.zeros((), dtype=torch.long)
+    dense = block.mask_mod(zero, zero, q, k)
+    assert torch.equal(dense, varlen_block_mask(p.varlen, p.num_tokens))
+
+
+@pytest.mark.parametrize("which", ["mha", "gqa"])
+def test_flex_backend_forward_is_exact(which, request):
+    model, enc = request.getfixturevalue(which)
+    model = copy.deepcopy(model).double()
+    prompts, responses = groups(enc)
+    packed = pack_groups(prompts, responses)
+    pixel_values = images(3, seed=14).double()
+    with torch.no_grad():
+        flex = packed_hidden_states(model, packed, pixel_values, backend="flex")
+        sdpa = packed_hidden_states(model, packed, pixel_values, backend="sdpa")
+        got = packed_response_logprobs(model, packed, pixel_values, backend="flex")
+    torch.testing.assert_close(flex, sdpa, atol=1e-12, rtol=0)
+    torch.testing.assert_close(got.summed.double(), unpacked_logprobs(model, prompts, responses, pixel_values),
+                               atol=1e-5, rtol=0)  # log-probs come back in fp32
+
+
+def test_auto_backend_on_cuda_needs_no_flash_attn(mha, monkeypatch):
+    from halluremedy.models.packed import choose_backend
+
+    llava = mha[0].model
+    monkeypatch.setattr(attention, "flash_attn_varlen_func", None)
+    assert choose_backend(llava, torch.device("cuda")) == "flex"
+    assert choose_backend(llava, torch.device("cpu")) == "sdpa"
+    monkeypatch.setattr(attention, "flash_attn_varlen_func", varlen_reference)
+    assert choose_backend(llava, torch.device("cuda")) == "flex"  # fp32 weights, no autocast: flash cannot
