@@ -12,10 +12,11 @@ counted, LoRA gradients are).
 What does not run on meta, and what is done instead (the steps are *composed* from the real modules
 and the real head functions, rather than called end to end):
 
-* ``LlavaModel.forward`` checks the image placeholders against the features with ``.item()``, and
-  our ``packed_hidden_states`` counts them with ``int(...)``: each step here runs the vision tower +
-  projector (``get_image_features``) on its images and feeds the decoder ``inputs_embeds`` of the
-  right shape (the merge is a ``masked_scatter``: no FLOPs);
+* ``LlavaModel.forward`` checks the image placeholders against the features with ``.item()``: each
+  step here runs the vision tower + projector on its images and feeds the decoder ``inputs_embeds``
+  of the right shape (the merge is a ``masked_scatter`` / ``index_copy``: no FLOPs). The peers run
+  ``get_image_features`` (the whole tower) per row and forward; ours runs the tower up to its feature
+  layer, once per image kind per step (:func:`_step_features`, as ``StepImages`` does);
 * ``vlm_kernels.linear_logprob`` / ``linear_argmax`` refuse meta tensors in their autocast check:
   their autograd Function / torch path is called directly (the Triton kernels do the same matmul
   work: logits in the forward, recomputed logits + ``d_hidden`` in the backward);
@@ -41,6 +42,12 @@ Providers are ``bench/baselines``' (``STEPS``), plus ``ours-s1-cached``: ours wi
 ``--reference precomputed`` (stage 1), i.e. the policy pass per step plus the reference's scoring
 forward once per record for the whole stage, amortised over POVID's 3 stage-1 epochs (TRL refuses
 to precompute reference log-probs for vision data).
+
+The bound (:func:`bound_flops`): a hand count of the FLOPs a POVID step cannot avoid, in
+FlopCounterMode's conventions; ``tests/bench/test_flops.py`` checks that ours counts exactly the
+bound plus ``linear_logprob``'s recomputed logits (:func:`head_recompute_flops`), and that at
+LLaVA-1.5-7B geometry ours is within 0.5% of it (stage 1 +0.17%, stage 2 +0.11%; before the tower
+ran once per image per step and stopped at the feature layer: +1.31% and +1.56%).
 
 Counting is Python-bound on meta tensors, so :class:`LayerScaled` counts shallow copies and
 extrapolates (exactly for FLOPs, checked for memory).
@@ -77,7 +84,7 @@ from vlm_kernels.linear_logprob import LinearLogprobFunction, LinearLogprobParam
 from halluremedy.models import attention as packed_attention
 from halluremedy.models.attention import GROUPS_KWARG, VARLEN_KWARG, GroupMasks, VarlenPlan, enable_packed_attention
 from halluremedy.models.lora import add_lora
-from halluremedy.models.packed import llava_parts
+from halluremedy.models.packed import llava_parts, tower_features
 
 Mode = Literal["gpu", "cpu"]
 IMAGE_TOKENS = 576
@@ -267,8 +274,9 @@ def flash_like_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     cu_q, cu_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     for s in range(len(cu_q) - 1):
         qs = q[cu_q[s]:cu_q[s + 1]].transpose(0, 1)[None]  # (1, H, lq, d)
-        ks = k[cu_k[s]:cu_k[s + 1]].transpose(0, 1)[None]
-        vs = v[cu_k[s]:cu_k[s + 1]].transpose(0, 1)[None]
+        rep = q.shape[1] // k.shape[1]  # GQA: FA2 reads the shared key/value heads in place (no FLOPs here either)
+        ks = k[cu_k[s]:cu_k[s + 1]].transpose(0, 1)[None].repeat_interleave(rep, dim=1)
+        vs = v[cu_k[s]:cu_k[s + 1]].transpose(0, 1)[None].repeat_interleave(rep, dim=1)
         out.append(FlashLike.apply(qs, ks, vs)[0].transpose(0, 1))
     return torch.cat(out)
 
@@ -308,6 +316,15 @@ def _images(policy: torch.nn.Module, n: int) -> torch.Tensor:
                                     return_dict=True).pooler_output
 
 
+def _step_features(policy: torch.nn.Module, n: int) -> torch.Tensor:
+    """Ours: ``n`` images through the frozen tower *up to its feature layer* and the projector, once
+    per step (``halluremedy.models.packed.StepImages``), without grad; every forward reuses them."""
+    llava, _ = llava_parts(policy)
+    size = llava.config.vision_config.image_size
+    with torch.no_grad():
+        return llava.multi_modal_projector(tower_features(llava, _empty(n, 3, size, size, like=llava.vision_tower)))
+
+
 def _adapters(policy: torch.nn.Module, on: bool):
     return contextlib.nullcontext() if on else policy.disable_adapter()
 
@@ -319,10 +336,10 @@ def _cu_seqlens(lengths: Sequence[int]) -> torch.Tensor:
 
 def _packed_hidden(policy: torch.nn.Module, spans: Sequence[tuple[int, Sequence[int]]], mode: Mode) -> torch.Tensor:
     """(T, D) hidden states of a pack of groups ``(prefix length, [response lengths])``, as
-    ``halluremedy.models.packed.packed_hidden_states`` computes them (varlen on GPU, per-group SDPA on CPU)."""
+    ``halluremedy.models.packed.packed_hidden_states`` computes them (varlen on GPU, per-group SDPA on CPU)
+    from the step's shared image features (:func:`_step_features`, counted once per step by the caller)."""
     llava, _ = llava_parts(policy)
     enable_packed_attention(llava.language_model)
-    _images(policy, len(spans))
     kv, seq_q, seq_k, total = [], [], [], 0
     for prefix, responses in spans:
         p0, p1 = total, total + prefix
@@ -396,6 +413,9 @@ def ours_step(policy: torch.nn.Module, groups: Sequence[Group], stage: int, mode
         return hidden.index_select(0, torch.empty(n, dtype=torch.long, device=hidden.device))
 
     k = 2 if stage == 2 else 1
+    _step_features(policy, len(groups))  # clean images: once for every forward of the step
+    if stage == 2:
+        _step_features(policy, len(groups))  # noised images: once for both argmax passes
     if reference != "cached":
         with torch.no_grad(), policy.disable_adapter():
             if stage == 2:
@@ -536,6 +556,87 @@ def count_step(policy: torch.nn.Module, provider: str, groups: Sequence[Group], 
                  step.pairs)
 
 
+# ---------------------------------------------------------------- the bound (a hand count)
+
+
+def _segments(groups: Sequence[Group], chosen_only: bool = False) -> list[tuple[int, int]]:
+    """(len_q, len_k) of every attention segment of the prefix-shared pack: ``[P | R_1]`` causal, then
+    each further ``R_j`` against ``[P ; R_j]``."""
+    out = []
+    for g in groups:
+        responses = [g.chosen] if chosen_only else [g.chosen, *g.rejected]
+        out.append((g.prompt + responses[0], g.prompt + responses[0]))
+        out += [(r, g.prompt + r) for r in responses[1:]]
+    return out
+
+
+def bound_flops(config: LlavaConfig, groups: Sequence[Group], stage: int, lora_r: int = 128) -> int:
+    """The FLOPs a POVID step on ``groups`` cannot avoid, counted by hand (FlopCounterMode's conventions:
+    matmuls, convolutions and attention only, ``2 m n k`` per matmul, attention dense per segment,
+    ``4 lq lk d`` per head forward and ``8 lq lk d`` backward, no recomputation).
+
+    What must run: each distinct image once through the frozen tower up to its feature layer (patch
+    convolution, ``L_f`` layers over P + 1 tokens) and the frozen projector, per image kind (clean;
+    stage 2 also noised); every decoder forward over the prefix-shared pack (prefix encoded once, each
+    response attending to its prefix and itself) -- the reference without adapters and without grad,
+    the policy with LoRA; the policy's backward: input gradients through every frozen linear (none
+    into layer 0's q/k/v, whose input, the embeddings, needs none), the four LoRA matmuls' gradients,
+    attention's backward; the LM head on the response-predicting rows only (forward; for the policy
+    also ``d_hidden``; the head is frozen), and in stage 2 the argmax head on the y+ rows under the
+    noised image, per model. Not in the bound: anything a step could choose to skip, e.g.
+    ``linear_logprob``'s recomputed logits in its backward (:func:`head_recompute_flops`).
+    """
+    v, t = config.vision_config, config.text_config
+    dv, fv, lv = v.hidden_size, v.intermediate_size, v.num_hidden_layers
+    patches = (v.image_size // v.patch_size) ** 2
+    tv = patches + 1
+    feature_layers = config.vision_feature_layer % (lv + 1)
+    d, f, layers, vocab = t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.vocab_size
+    head_dim = getattr(t, "head_dim", None) or d // t.num_attention_heads
+    dq, dkv = t.num_attention_heads * head_dim, t.num_key_value_heads * head_dim
+    r = lora_r
+    images = len(groups) * (2 if stage == 2 else 1)
+
+    tower = (2 * patches * dv * v.num_channels * v.patch_size ** 2
+             + feature_layers * (2 * tv * (4 * dv * dv + 2 * dv * fv) + 4 * tv * tv * dv))
+    projector = 2 * patches * (dv * d + d * d)
+    vision = images * (tower + projector)
+
+    linears = [(d, dq), (d, dkv), (d, dkv), (dq, d), (d, f), (d, f), (f, d)]  # q k v o gate up down (in, out)
+    weights = sum(i * o for i, o in linears)
+    lora = sum(i + o for i, o in linears) * r
+    qkv = d * dq + 2 * d * dkv  # layer 0's q, k, v: their input (the embeddings) needs no gradient
+
+    def forward(tokens: int, segments: list[tuple[int, int]], adapters: bool) -> int:
+        attention = sum(4 * lq * lk * dq for lq, lk in segments)
+        return layers * (2 * tokens * (weights + (lora if adapters else 0)) + attention)
+
+    def backward(tokens: int, segments: list[tuple[int, int]]) -> int:
+        attention = sum(8 * lq * lk * dq for lq, lk in segments)
+        base = 2 * tokens * (layers * weights - qkv)               # input gradients through frozen weights
+        adapters = 4 * tokens * layers * lora - 2 * tokens * 3 * d * r  # dB, d(Ax), dA, dx (no dx at layer 0 q/k/v)
+        return base + adapters + layers * attention
+
+    scored = sum(g.prompt + g.chosen + sum(g.rejected) for g in groups)
+    rows = sum(g.chosen + sum(g.rejected) for g in groups)
+    head = 2 * rows * d * vocab
+    segments = _segments(groups)
+    total = vision + forward(scored, segments, False) + head  # reference
+    total += forward(scored, segments, True) + head + backward(scored, segments) + head  # policy
+    if stage == 2:
+        noised = sum(g.prompt + g.chosen for g in groups)
+        argmax = 2 * sum(g.chosen for g in groups) * d * vocab
+        chosen_segments = _segments(groups, chosen_only=True)
+        total += forward(noised, chosen_segments, False) + argmax + forward(noised, chosen_segments, True) + argmax
+    return total
+
+
+def head_recompute_flops(config: LlavaConfig, groups: Sequence[Group]) -> int:
+    """``linear_logprob``'s backward recomputes the policy's (rows, V) logits instead of storing them."""
+    rows = sum(g.chosen + sum(g.rejected) for g in groups)
+    return 2 * rows * config.text_config.hidden_size * config.text_config.vocab_size
+
+
 class LayerScaled:
     """Counts at full depth from three shallow copies of the model (meta execution is Python-bound).
 
@@ -674,6 +775,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     for r in ratios(rows):
         print(f"| {r['size']} | {r['response']} | {r['rejected']} | {r['ours']} | {r['peer']} | {r['flops']:.3f} | "
               f"{r['memory']:.3f} |")
+    print()
+    print("| size | provider | TFLOP/pair | bound TFLOP/pair | over the bound |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for r in rows:
+        if r.provider in ("ours-s1", "ours-s2") and (r.response, r.rejected) == (RESPONSE, 1):
+            bound = bound_flops(llava15_config(r.size), llava_groups(), int(r.provider[-1])) / num_pairs(llava_groups())
+            print(f"| {r.size} | {r.provider} | {r.flops_per_pair / 1e12:.3f} | {bound / 1e12:.3f} | "
+                  f"{r.flops_per_pair / bound - 1:+.2%} |")
     plot(rows, args.png)
     print(f"plot: {args.png}")
 

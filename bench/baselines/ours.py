@@ -1,10 +1,11 @@
 """halluremedy's own step, exactly as ``halluremedy.train.dpo.train_preference``'s micro-step runs it.
 
 Stage 1: one no-grad packed forward of the reference (adapters disabled) and one packed forward
-of the policy with grad, each ``[P | y+ | y-]`` per record with the image through the vision tower
-once, log-probs of the response rows only (``vlm_kernels.linear_logprob``). Stage 2 adds one
-no-grad packed ``[P | y+]`` forward per model under the noised image for the argmax tokens.
-Data loading (image read, noise draw) is outside the step for every provider.
+of the policy with grad, each ``[P | y+ | y-]`` per record, log-probs of the response rows only
+(``vlm_kernels.linear_logprob``). Stage 2 adds one no-grad packed ``[P | y+]`` forward per model
+under the noised image for the argmax tokens. The frozen tower runs once per image per step (clean,
+and noised in stage 2), up to its feature layer; every forward reuses those features
+(``dpo.preference_step``). Data loading (image read, noise draw) is outside the step for every provider.
 """
 
 from __future__ import annotations
@@ -13,15 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from halluremedy.train.dpo import (
-    PreferenceBatch,
-    PreferenceObjective,
-    Reference,
-    noise_argmax,
-    preference_loss,
-    reference_logps,
-    score_batch,
-)
+from halluremedy.train.dpo import PreferenceBatch, PreferenceObjective, Reference, preference_step
 
 from .workload import BETA, NOISE_STEP, Workload
 
@@ -30,11 +23,7 @@ def ours_loss(policy: torch.nn.Module, batch: PreferenceBatch, clean: torch.Tens
               stage: int) -> torch.Tensor:
     """The mean preference loss of one micro-batch (before backward), ``train_preference``'s order."""
     objective = PreferenceObjective(stage=stage, beta=BETA, noise_step=NOISE_STEP)
-    noised = noised if stage == 2 else None
-    ref = reference_logps(policy, Reference("adapter"), batch, clean, noised)
-    argmax = noise_argmax(policy, batch.chosen_only, noised) if noised is not None else None
-    pol = score_batch(policy, batch, clean, argmax)
-    loss, _ = preference_loss(objective, batch, pol, ref)
+    loss, _ = preference_step(policy, Reference("adapter"), objective, batch, clean, noised if stage == 2 else None)
     return loss
 
 

@@ -16,8 +16,14 @@ Per micro-batch of B records (prompt + image, chosen y+, k rejected y-):
   (a second target column of the same ``linear_logprob`` call);
 * stage 1: ``dpo_objective(text pairs)``; stage 2: ``w_t * DPO(y+ vs y-) + w_n * DPO(y+ vs a)``.
 
-So a stage-2 step is 1 grad + 3 no-grad packed forwards, each image through the vision tower once
-per forward, against POVID's 3 + 3 full forwards with per-sequence images and full logits.
+So a stage-2 step is 1 grad + 3 no-grad packed forwards, against POVID's 3 + 3 full forwards with
+per-sequence images and full logits. The frozen vision tower (and projector) run once per image per
+step: the clean and the noised images each go through it once (:class:`StepImages`), and every
+forward of the step (reference, policy, noised passes) reads those features.
+
+Host syncs: a micro-step reads nothing back from the device. The batch's index tensors are made on
+the host (``make_batch``); metrics are returned as 0-d device tensors, which the loop reads once
+per log interval (:mod:`halluremedy.train.loop`).
 
 The reference is the policy with its LoRA adapters disabled (POVID's choice, no second copy), a
 frozen copy (full fine-tune), or log-probs precomputed once and cached on disk.
@@ -43,7 +49,12 @@ from halluremedy.data.conversation import ConversationEncoder
 from halluremedy.data.images import ImageBank
 from halluremedy.data.preference import PreferenceRecord
 from halluremedy.models.packed import (
+    BACKEND_NAMES,
     PackedBatch,
+    StepImages,
+    as_step_images,
+    choose_backend,
+    llava_parts,
     pack_groups,
     response_rows,
     rows_argmax,
@@ -117,6 +128,7 @@ class PreferenceBatch:
     chosen_tokens: (N,) bool over ``scored.targets``: True at y+ tokens (in ``chosen_only`` order).
     present: (M, 2) long, (y+ response index in ``scored``, token) for every token of a word naming
     a class present in that record's image.
+    chosen_rows: (N_chosen,) long, the positions of ``chosen_tokens`` (index, not mask: no host sync).
     """
 
     records: list[int]
@@ -127,6 +139,14 @@ class PreferenceBatch:
     chosen_index: torch.Tensor
     chosen_tokens: torch.Tensor
     present: torch.Tensor
+    chosen_rows: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> PreferenceBatch:
+        """The device-side tensors on ``device`` (packs cached per device; see ``PackedBatch.to``)."""
+        return PreferenceBatch(self.records, self.files, self.scored.to(device), self.chosen_only.to(device),
+                               *(t.to(device, non_blocking=True) for t in (self.pairs, self.chosen_index,
+                                                                            self.chosen_tokens, self.present,
+                                                                            self.chosen_rows)))
 
 
 class PreferenceBatches:
@@ -171,18 +191,20 @@ class PreferenceBatches:
         scored = pack_groups([r.prompt for r in recs], [[r.chosen, *r.rejected] for r in recs],
                              image_token_id=self.image_token_id)
         chosen_only = pack_groups([r.prompt for r in recs], [[r.chosen] for r in recs])
-        pairs, chosen_index, first = [], [], 0
+        pairs, chosen_index, chosen_rows, first, token = [], [], [], 0, 0
         for r in recs:
             pairs += [(first, first + 1 + j) for j in range(len(r.rejected))]
             chosen_index.append(first)
+            chosen_rows += range(token, token + len(r.chosen))  # y+ comes first in its group
             first += 1 + len(r.rejected)
-        chosen_index = torch.tensor(chosen_index)
+            token += len(r.chosen) + sum(map(len, r.rejected))
         is_chosen = torch.zeros(scored.num_responses, dtype=torch.bool)
         is_chosen[chosen_index] = True
-        present = torch.tensor([(int(c), t) for c, r in zip(chosen_index, recs) for t in r.present],
+        present = torch.tensor([(c, t) for c, r in zip(chosen_index, recs) for t in r.present],
                                dtype=torch.long).view(-1, 2)
-        return PreferenceBatch(rows, [r.image for r in recs], scored, chosen_only, torch.tensor(pairs), chosen_index,
-                               is_chosen[scored.token_response], present)
+        return PreferenceBatch(rows, [r.image for r in recs], scored, chosen_only, torch.tensor(pairs),
+                               torch.tensor(chosen_index), is_chosen[scored.token_response], present,
+                               torch.tensor(chosen_rows, dtype=torch.long))
 
 
 def noised_pixels(bank: ImageBank, images01: torch.Tensor, keys: Sequence[int], step: int) -> torch.Tensor:
@@ -198,7 +220,7 @@ def noise_seed(seed: int, epoch: int, record: int) -> int:
 
 
 @torch.no_grad()
-def noise_argmax(model: torch.nn.Module, chosen_only: PackedBatch, noised: torch.Tensor) -> torch.Tensor:
+def noise_argmax(model: torch.nn.Module, chosen_only: PackedBatch, noised: torch.Tensor | StepImages) -> torch.Tensor:
     """(N_chosen,) argmax token at every y+ position under the noised image (teacher-forced on y+)."""
     packed = chosen_only.to(noised.device)
     return rows_argmax(model, response_rows(model, packed, noised))
@@ -234,52 +256,61 @@ class StepLogps:
     noise: torch.Tensor | None  # (R,) or None
 
 
-def score_batch(model: torch.nn.Module, batch: PreferenceBatch, clean: torch.Tensor,
+def score_batch(model: torch.nn.Module, batch: PreferenceBatch, clean: torch.Tensor | StepImages,
                 argmax_tokens: torch.Tensor | None, *, rules: frozenset[str] = frozenset()) -> StepLogps:
     """Every response's log-prob on the clean images, plus (``argmax_tokens``, the noised argmax at
     the y+ positions) the noise column. ``rules`` (see ``PreferenceObjective.noise_positions``):
     a y+ position where one fails scores the y+ token instead, so it cancels; "seen" reads the
-    clean-image argmax off this same forward's rows."""
-    scored = batch.scored.to(clean.device)
+    clean-image argmax off this same forward's rows. No host sync (index tensors, not masks)."""
+    device = clean.device
+    scored = batch.scored.to(device)
     rows = response_rows(model, scored, clean)
     extra = None
     if argmax_tokens is not None:
+        if batch.chosen_rows is None:
+            raise ValueError("a PreferenceBatch without chosen_rows (build it with PreferenceBatches.make_batch)")
         extra = torch.full_like(scored.targets, -1)
-        chosen = batch.chosen_tokens.to(clean.device)
-        truth, argmax_tokens = scored.targets[chosen], argmax_tokens.to(extra.device)
+        chosen = batch.chosen_rows.to(device, non_blocking=True)                   # (N_chosen,)
+        truth, argmax_tokens = scored.targets.index_select(0, chosen), argmax_tokens.to(extra.device)
         keep = torch.ones_like(truth, dtype=torch.bool)
         if "seen" in rules:
-            keep &= rows_argmax(model, rows[chosen].detach()) == truth
-        response = scored.token_response[chosen]
+            keep &= rows_argmax(model, rows.index_select(0, chosen).detach()) == truth
+        response = scored.token_response.index_select(0, chosen)
+        vocab = llava_parts(model)[1].weight.shape[0]
         if "novel" in rules:
-            keep &= ~occurs_in_response(argmax_tokens, response, truth, response)
+            keep &= ~occurs_in_response(argmax_tokens, response, truth, response, width=vocab)
         if "present" in rules:
             table = batch.present.to(truth.device)
-            keep &= ~occurs_in_response(argmax_tokens, response, table[:, 1], table[:, 0])
-        extra[chosen] = torch.where(keep, argmax_tokens, truth)
+            keep &= ~occurs_in_response(argmax_tokens, response, table[:, 1], table[:, 0], width=vocab)
+        extra = extra.index_copy(0, chosen, torch.where(keep, argmax_tokens, truth))
     out = score_response_rows(model, scored, rows, extra_targets=extra)
     return StepLogps(out.summed, out.lengths.to(out.summed.device), out.extra_summed)
 
 
 def occurs_in_response(tokens: torch.Tensor, response: torch.Tensor, table_tokens: torch.Tensor,
-                       table_response: torch.Tensor) -> torch.Tensor:
+                       table_response: torch.Tensor, width: int | None = None) -> torch.Tensor:
     """(N,) bool: ``tokens[i]`` is listed for its own response ``response[i]`` in the table of
-    (M,) ``table_tokens`` / ``table_response`` pairs."""
+    (M,) ``table_tokens`` / ``table_response`` pairs. ``width``: a bound on every token id (the
+    vocabulary size); None reads the largest one off the tensors (a host sync on a GPU)."""
     if table_tokens.numel() == 0:
         return torch.zeros_like(tokens, dtype=torch.bool)
-    width = int(torch.maximum(tokens.max(), table_tokens.max())) + 1
+    if width is None:
+        width = int(torch.maximum(tokens.max(), table_tokens.max())) + 1
     return torch.isin(response * width + tokens, table_response * width + table_tokens)
 
 
-def reference_logps(policy: torch.nn.Module, reference: Reference, batch: PreferenceBatch, clean: torch.Tensor,
-                    noised: torch.Tensor | None, *, rules: frozenset[str] = frozenset()) -> StepLogps:
+def reference_logps(policy: torch.nn.Module, reference: Reference, batch: PreferenceBatch,
+                    clean: torch.Tensor | StepImages, noised: torch.Tensor | StepImages | None, *,
+                    rules: frozenset[str] = frozenset()) -> StepLogps:
     with torch.no_grad(), reference.scope(policy) as ref:
         argmax = noise_argmax(ref, batch.chosen_only, noised) if noised is not None else None
         return score_batch(ref, batch, clean, argmax, rules=rules)
 
 
 def preference_loss(objective: PreferenceObjective, batch: PreferenceBatch, pol: StepLogps, ref: StepLogps
-                    ) -> tuple[torch.Tensor, dict[str, float]]:
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The mean loss of one micro-batch and its metrics, as detached 0-d device tensors (read them
+    when logging: converting each one would be a host sync)."""
     c, r = batch.pairs[:, 0].to(pol.summed.device), batch.pairs[:, 1].to(pol.summed.device)
     ref_summed = ref.summed.to(pol.summed.device)
     text = PairLogps(pol.summed[c], pol.summed[r], ref_summed[c], ref_summed[r])
@@ -297,9 +328,27 @@ def preference_loss(objective: PreferenceObjective, batch: PreferenceBatch, pol:
             nll = nll_term(pol.summed[c], pol.lengths[c])
             losses = losses + objective.nll_alpha * nll
             metrics["nll"] = nll.detach().mean()
-    metrics = {k: float(v) for k, v in metrics.items()}
-    metrics["loss"] = float(losses.detach().mean())
+    metrics = {k: v.detach() for k, v in metrics.items()}
+    metrics["loss"] = losses.detach().mean()
     return losses.mean(), metrics
+
+
+def preference_step(policy: torch.nn.Module, reference: Reference, objective: PreferenceObjective,
+                    batch: PreferenceBatch, clean: torch.Tensor | StepImages,
+                    noised: torch.Tensor | StepImages | None, ref: StepLogps | None = None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One micro-batch's forwards, in ``train_preference``'s order: the reference (noised argmax,
+    then scored; skipped when ``ref`` comes from the cache), the policy's noised argmax, the policy
+    scored with grad; then the loss. The clean and noised images each go through the frozen tower
+    once for all of these forwards. Reads nothing back from the device."""
+    clean = as_step_images(clean)
+    noised = None if noised is None else as_step_images(noised)
+    rules = objective.noise_position_rules
+    if ref is None:
+        ref = reference_logps(policy, reference, batch, clean, noised, rules=rules)
+    argmax = noise_argmax(policy, batch.chosen_only, noised) if noised is not None else None
+    pol = score_batch(policy, batch, clean, argmax, rules=rules)
+    return preference_loss(objective, batch, pol, ref)
 
 
 def precompute_reference(model: torch.nn.Module, batches: PreferenceBatches, objective: PreferenceObjective,
@@ -379,28 +428,47 @@ def train_preference(policy: torch.nn.Module, batches: PreferenceBatches, object
     objective.check_batches(batches)
     device = next(policy.parameters()).device
 
-    def micro_step(step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
+    llava, _ = llava_parts(policy)
+    backends: list[str] = []
+
+    def micro_step(step: int, micro: int) -> tuple[torch.Tensor, dict[str, Any]]:
         index = step * cfg.grad_accum + micro
-        batch = batches.batch(index)
-        epoch = batches.epoch_of(index)
-        images01 = batches.bank.get01(batch.files).to(device)
+        backend = choose_backend(llava, device)  # inside the loop's autocast, as the forwards will see it
+        if backend not in backends:
+            backends.append(backend)
+            tqdm.write(f"packed attention on {device}: {backend} ({BACKEND_NAMES[backend]})")
+        batch, images01, ref, epoch = load_micro_batch(batches, index, reference, device, backend)
         clean = batches.bank.normalize(images01).to(policy.dtype)
         noised = None
         if objective.stage == 2:
             keys = [noise_seed(seed, epoch, r) for r in batch.records]
             noised = noised_pixels(batches.bank, images01, keys, objective.noise_step).to(policy.dtype)
-        if reference.mode == "precomputed":
-            ref = cached_reference(reference.cache, batch, epoch, batch.scored.num_responses)
-        else:
-            ref = reference_logps(policy, reference, batch, clean, noised, rules=objective.noise_position_rules)
-        argmax = noise_argmax(policy, batch.chosen_only, noised) if noised is not None else None
-        pol = score_batch(policy, batch, clean, argmax, rules=objective.noise_position_rules)
-        loss, metrics = preference_loss(objective, batch, pol, ref)
+        loss, metrics = preference_step(policy, reference, objective, batch, clean, noised, ref)
         metrics["batch"] = f"micro-batch {index}, records {batch.records}"
         return loss, metrics
 
     return train_loop(policy, micro_step, cfg, out_dir, resume=resume, allow_changes=allow_changes,
                       settings=settings, desc=f"dpo stage {objective.stage}")
+
+
+def load_micro_batch(batches: PreferenceBatches, index: int, reference: Reference, device: torch.device,
+                     backend: str | None = None) -> tuple[PreferenceBatch, torch.Tensor, StepLogps | None, int]:
+    """The host side of micro-batch ``index``: its batch (index tensors built on the CPU, then moved
+    to ``device`` with the attention structures ``backend`` reads built), its [0, 1] images on
+    ``device``, the cached reference sums (``--reference precomputed``, else None) and its epoch.
+    Every host-side read of the step happens here, on CPU tensors; nothing after it reads the device."""
+    batch = batches.batch(index)
+    epoch = batches.epoch_of(index)
+    ref = None
+    if reference.mode == "precomputed":
+        ref = cached_reference(reference.cache, batch, epoch, batch.scored.num_responses)
+        ref = StepLogps(ref.summed.to(device), ref.lengths, None if ref.noise is None else ref.noise.to(device))
+    images01 = batches.bank.get01(batch.files).to(device, non_blocking=True)
+    batch = batch.to(device)
+    if backend is not None:
+        batch.scored.prepare_attention(backend)
+        batch.chosen_only.prepare_attention(backend)
+    return batch, images01, ref, epoch
 
 
 def load_reference_cache(path: str | os.PathLike, *, seed: int, stage: int, records: int,

@@ -100,3 +100,32 @@ def test_llava15_geometry():
     assert n_lora == 128 * (4 * (4096 + 4096) + 3 * (4096 + 11008))  # r=128 on q,k,v,o,gate,up,down
     assert all(p.requires_grad == ("lora_" in n) for n, p in model.named_parameters())
     assert flops.llava_groups()[0] == flops.Group(626, 120, (120,))
+
+
+def _odd_config(workload):
+    """The tiny model's geometry, made odd: GQA, a head dim of its own, a 3-layer tower cut at -2."""
+    config = copy.deepcopy(workload.base_model.config)
+    config.text_config.update({"num_key_value_heads": 2, "head_dim": 24, "intermediate_size": 200})
+    config.vision_config.num_hidden_layers = 3
+    return config
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_ours_is_the_hand_counted_bound_plus_the_head_recompute(stage, workload):
+    """The composed step (shared tower features, tower cut at the feature layer) counts exactly the
+    bound's FLOPs plus the one thing the bound leaves out: linear_logprob's recomputed logits."""
+    config = _odd_config(workload)
+    model = flops.meta_policy(config, lora_r=8)
+    groups = [flops.Group(21, 5, (3,)), flops.Group(19, 4, (6, 2)), flops.Group(17, 7, (1,))]
+    counted = flops.count_step(model, f"ours-s{stage}", groups, mode="gpu").flops
+    assert counted == flops.bound_flops(config, groups, stage, lora_r=8) + flops.head_recompute_flops(config, groups)
+
+
+def test_llava15_7b_within_half_a_percent_of_the_bound():
+    config = flops.llava15_config("7b")
+    model = flops.LayerScaled(config)
+    groups = flops.llava_groups()
+    for stage in (1, 2):
+        ours = model.count(f"ours-s{stage}", groups).flops
+        bound = flops.bound_flops(config, groups, stage)
+        assert bound <= ours <= 1.005 * bound, (stage, ours / bound)
