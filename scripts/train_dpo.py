@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = evaluate(model, processor, heldout, eval_cfg)
             rows[name] = summary_row(results[name])
         write_json_atomic(out / "eval.json", {"recipe": asdict(cfg), "results": results}, indent=2)
-        table = format_table(rows)
+        table = format_table(rows, next(iter(results.values()))["chair_signature"])
         (out / "eval.md").write_text(table + "\n")
         print(table)
         print(f"full results: {out / 'eval.json'}")

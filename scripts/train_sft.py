@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     result = evaluate(model, processor, heldout, eval_cfg)
     result["recipe"] = asdict(cfg)
     write_json_atomic(Path(cfg.out) / "eval.json", result, indent=2)
-    print(format_table({"base": summary_row(result)}))
+    print(format_table({"base": summary_row(result)}, result["chair_signature"]))
     print(json.dumps({k: result["chair"][k]["examples"][:2] for k in result["chair"]}, indent=1))
 
 
