@@ -16,14 +16,22 @@ from typing import Any, Literal
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
 
 Impl = Literal["triton", "torch"]
 
-# ``@triton.jit`` reads TRITON_INTERPRET when a function is *defined*: triton.language's own
-# functions when triton is first imported, this package's kernels when it is imported. Kernels can
-# run on the CPU only if both were built interpreted.
-INTERPRETED: bool = bool(triton.knobs.runtime.interpret) and isinstance(tl.zeros, InterpretedFunction)
+
+def _interpreted() -> bool:
+    """``@triton.jit`` reads TRITON_INTERPRET when a function is *defined*: triton.language's own
+    functions when triton is first imported, this package's kernels when it is imported. Kernels can
+    run on the CPU only if both were built interpreted."""
+    if not triton.knobs.runtime.interpret:
+        return False
+    from triton.runtime.interpreter import InterpretedFunction  # the interpreter needs numpy; nothing else does
+
+    return isinstance(tl.zeros, InterpretedFunction)
+
+
+INTERPRETED: bool = _interpreted()
 
 
 @dataclass(frozen=True)
