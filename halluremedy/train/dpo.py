@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,9 +211,19 @@ class PreferenceBatches:
 def noised_pixels(bank: ImageBank, images01: torch.Tensor, keys: Sequence[int], step: int) -> torch.Tensor:
     """(B, C, H, W) normalised noised images; image b's noise is a pure function of ``keys[b]``
     (so it does not depend on batch composition), fused with the CLIP normalisation."""
-    mean, std = bank.mean.flatten().tolist(), bank.std.flatten().tolist()
+    mean, std = _channel_stats(bank)
     return torch.cat([diffusion_noise(images01[b:b + 1], step, seed=int(keys[b]), mean=mean, std=std)
                       for b in range(images01.shape[0])])
+
+
+_STATS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _channel_stats(bank: ImageBank) -> tuple[list[float], list[float]]:
+    """The bank's CLIP mean and std as Python lists, read off its (CPU) tensors once per bank."""
+    if bank not in _STATS:
+        _STATS[bank] = (bank.mean.flatten().tolist(), bank.std.flatten().tolist())
+    return _STATS[bank]
 
 
 def noise_seed(seed: int, epoch: int, record: int) -> int:
@@ -464,10 +475,12 @@ def load_micro_batch(batches: PreferenceBatches, index: int, reference: Referenc
         ref = cached_reference(reference.cache, batch, epoch, batch.scored.num_responses)
         ref = StepLogps(ref.summed.to(device), ref.lengths, None if ref.noise is None else ref.noise.to(device))
     images01 = batches.bank.get01(batch.files).to(device, non_blocking=True)
+    _channel_stats(batches.bank)  # read once, here: noised_pixels needs them as Python floats
     batch = batch.to(device)
-    if backend is not None:
-        batch.scored.prepare_attention(backend)
-        batch.chosen_only.prepare_attention(backend)
+    for packed in (batch.scored, batch.chosen_only):
+        packed.image_rows(batches.image_token_id)
+        if backend is not None:
+            packed.prepare_attention(backend)
     return batch, images01, ref, epoch
 
 

@@ -129,7 +129,7 @@ def train_sft(model: torch.nn.Module, batches: SupervisedBatches, cfg: LoopConfi
         loss = model(**b).loss  # mean over this micro-batch's assistant tokens
         if batches.sampler.shard.world > 1:  # the mean over every rank's tokens, once DDP averages
             loss = loss * global_token_scale((b["labels"][:, 1:] != IGNORE_INDEX).sum())
-        return loss, {"loss": loss.item(), "batch": index}
+        return loss, {"loss": loss.detach(), "batch": index}  # read by the loop once per log interval
 
     return train_loop(model, micro_step, cfg, out_dir, resume=resume, allow_changes=allow_changes,
                       settings=settings, desc="sft")
