@@ -62,6 +62,8 @@ class LlavaBaseRecipe:
     batch_size: int = option(D.batch_size, "conversations per step")
     questions_per_image: int = option(D.questions_per_image, "yes/no existence questions per image in instruction tuning")
     qa_turns: int = option(D.qa_turns, "existence questions per conversation (multi-turn)")
+    feature_strategy: str = option(D.feature_strategy, "'default' (class token dropped, llava-1.5) or 'full' (kept)")
+    cls_head: bool = option(D.tower.cls_head, "pretrain the tower's class token too (with --feature-strategy full)")
     seed: int = option(D.seed, "init and data order")
     data: str = option("runs/scenes", "scene root whose EVAL_SPLIT is evaluated on (the default world's; made if absent)")
     eval_split: str = option("val", "held-out split")
@@ -85,7 +87,8 @@ class LlavaBaseRecipe:
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(LlavaBaseRecipe, __doc__, argv)
     torch.set_num_threads(cfg.threads)
-    spec = LlavaRecipeSpec(tower=replace(D.tower, steps=cfg.tower_steps), text=_stage(cfg.text, "--text"),
+    spec = LlavaRecipeSpec(tower=replace(D.tower, steps=cfg.tower_steps, cls_head=cfg.cls_head),
+                           feature_strategy=cfg.feature_strategy, text=_stage(cfg.text, "--text"),
                            align=_stage(cfg.align, "--align"), instruct=_stage(cfg.instruct, "--instruct"),
                            scenes=cfg.scenes, partner_noise=cfg.partner_noise, extra_noise=_rates(cfg.extra_noise),
                            batch_size=cfg.batch_size, questions_per_image=cfg.questions_per_image, qa_turns=cfg.qa_turns, seed=cfg.seed)

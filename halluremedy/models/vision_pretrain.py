@@ -65,6 +65,9 @@ class VisionPretrainSpec:
     noise_share: float = 0.3  # measured: 0.3 x 5000 steps meets the bar (see assets/scene_tower)
     noise_max_step: int = 800
     seed: int = 0
+    # also train the class token (same targets, its own linear head): a global summary token the LM
+    # can read with the "full" feature strategy (class token kept), for yes/no questions
+    cls_head: bool = False
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size or self.hidden % self.heads:
@@ -126,16 +129,22 @@ def build_tower(spec: VisionPretrainSpec) -> CLIPVisionModel:
 
 
 class TowerHead(torch.nn.Module):
-    """Linear multi-label head on every patch token of ``feature_layer``, max-pooled over patches."""
+    """Linear multi-label head on every patch token of ``feature_layer``, max-pooled over patches
+    (and, with ``cls_head``, a second one on the class token of the same layer)."""
 
-    def __init__(self, hidden: int, n_targets: int, feature_layer: int = -2):
+    def __init__(self, hidden: int, n_targets: int, feature_layer: int = -2, cls_head: bool = False):
         super().__init__()
         self.linear = torch.nn.Linear(hidden, n_targets)
+        self.cls_linear = torch.nn.Linear(hidden, n_targets) if cls_head else None
         self.feature_layer = feature_layer
 
-    def forward(self, tower: CLIPVisionModel, pixel_values: torch.Tensor) -> torch.Tensor:
+    def both(self, tower: CLIPVisionModel, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         hidden = tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[self.feature_layer]
-        return self.linear(hidden[:, 1:]).amax(dim=1)  # class token dropped, as LLaVA's "default" strategy
+        patches = self.linear(hidden[:, 1:]).amax(dim=1)  # class token dropped, as LLaVA's "default" strategy
+        return patches, self.cls_linear(hidden[:, 0]) if self.cls_linear is not None else None
+
+    def forward(self, tower: CLIPVisionModel, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.both(tower, pixel_values)[0]
 
 
 def _normalised(images_u8: torch.Tensor, steps: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
@@ -171,7 +180,7 @@ def pretrain_tower(spec: VisionPretrainSpec, out_dir: str | os.PathLike, *, scen
     labels = scene_targets(scenes, targets)
     render_s = time.time() - t0
     tower = build_tower(spec)
-    head = TowerHead(spec.hidden, targets.n, spec.feature_layer)
+    head = TowerHead(spec.hidden, targets.n, spec.feature_layer, spec.cls_head)
     params = [*tower.parameters(), *head.parameters()]
     decay = [p for p in params if p.ndim >= 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
@@ -194,8 +203,10 @@ def pretrain_tower(spec: VisionPretrainSpec, out_dir: str | os.PathLike, *, scen
         rows = torch.from_numpy(order[step * spec.batch_size:(step + 1) * spec.batch_size])
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        logits = head(tower, _noised_batch(images[rows], spec, step))
+        logits, cls_logits = head.both(tower, _noised_batch(images[rows], spec, step))
         loss = loss_fn(logits, labels[rows])
+        if cls_logits is not None:
+            loss = loss + loss_fn(cls_logits, labels[rows])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -227,7 +238,7 @@ def load_tower(path: str | os.PathLike) -> tuple[CLIPVisionModel, TowerHead | No
         weights = load_file(path / HEAD_FILE)
         spec = json.loads((path / "pretrain_spec.json").read_text()) if (path / "pretrain_spec.json").exists() else {}
         head = TowerHead(weights["linear.weight"].shape[1], weights["linear.weight"].shape[0],
-                         spec.get("feature_layer", -2))
+                         spec.get("feature_layer", -2), "cls_linear.weight" in weights)
         head.load_state_dict(weights)
     return tower, head
 

@@ -81,8 +81,13 @@ class LlavaRecipeSpec:
     text_layers: int = 3
     text_heads: int = 4
     text_intermediate: int = 256
+    # "default" (llava-1.5: class token dropped) or "full" (kept: with a tower pretrained with
+    # cls_head, one image token summarises what is there)
+    feature_strategy: str = "default"
 
     def __post_init__(self) -> None:
+        if self.feature_strategy not in ("default", "full"):
+            raise ValueError(f"LlavaRecipeSpec.feature_strategy={self.feature_strategy!r}: 'default' or 'full'")
         object.__setattr__(self, "extra_noise", tuple(float(x) for x in (
             self.extra_noise if isinstance(self.extra_noise, (tuple, list)) else (self.extra_noise,))))
         for value in (self.partner_noise, *self.extra_noise):
@@ -206,12 +211,18 @@ def train_llava_base(spec: LlavaRecipeSpec, out_dir: str | os.PathLike, *, tower
     model, processor = build_tiny_llava(spec.model_spec(), texts or scene_model_texts(), seed=spec.seed)
     missing = model.model.vision_tower.load_state_dict(tower.state_dict(), strict=True)
     assert not missing.missing_keys and not missing.unexpected_keys
+    image_tokens = spec.model_spec().image_tokens
+    if spec.feature_strategy == "full":
+        image_tokens += 1
+        model.config.vision_feature_select_strategy = "full"
+        model.config.image_seq_length = image_tokens
+        processor.vision_feature_select_strategy = "full"
     cfg = SceneConfig(image_size=spec.tower.image_size)
     t1 = time.time()
     images, scenes = render_scenes(spec.scenes, spec.scene_seed, cfg)
     data = recipe_conversations(scenes, spec, cfg)
     bank = MemoryImageBank([f"scene_{i:06d}" for i in range(len(scenes))], images)
-    encoder = ConversationEncoder(processor.tokenizer, spec.model_spec().image_tokens,
+    encoder = ConversationEncoder(processor.tokenizer, image_tokens,
                                   max_length=spec.model_spec().max_positions)
     times["data_s"] = round(time.time() - t1, 1)
     for name, trainable in (("text", "lm"), ("align", "projector"), ("instruct", "projector+lm")):

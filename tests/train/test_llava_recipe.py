@@ -49,3 +49,22 @@ def test_recipe_end_to_end_keeps_the_tower_frozen(tmp_path):
     assert model.config.vision_config.hidden_size == 32 and model.config.image_seq_length == 16
     for stage in ("stage_text", "stage_align", "stage_instruct"):
         assert (tmp_path / stage / "metrics.jsonl").exists()
+
+
+def test_full_strategy_keeps_the_class_token(tmp_path):
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from halluremedy.models.generate import Decoding, generate_answers
+
+    spec = replace(SPEC, tower=replace(TOWER, cls_head=True), feature_strategy="full")
+    model_dir = train_llava_base(spec, tmp_path, progress=False)
+    model, processor = load_model(model_dir)
+    assert model.config.image_seq_length == 17 and model.config.vision_feature_select_strategy == "full"
+    _, head = load_tower(tmp_path / "tower")
+    assert head.cls_linear is not None
+    images, _ = render_scenes(2, 5, SceneConfig())
+    pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images]
+    answers = generate_answers(model, processor, pil, ["Describe this image."] * 2, Decoding(0.0, 5), batch_size=2)
+    assert len(answers) == 2
