@@ -156,6 +156,9 @@ def recipe_conversations(scenes, spec: LlavaRecipeSpec, cfg: SceneConfig) -> dic
             pool, yes = (present, True) if q % 2 == 0 else (absent, False)
             if pool:
                 turns.append(existence_turn(pool[qrng.integers(len(pool))], yes))
+        # shuffled: in a fixed yes/no order a multi-turn model learns the order (b4 answered every
+        # single-turn POPE question "yes", as every first turn was)
+        turns = [turns[j] for j in qrng.permutation(len(turns))]
         for k in range(0, len(turns), spec.qa_turns):
             out["instruct"].append(Conversation(name, tuple(turns[k:k + spec.qa_turns]), id=f"{name}/exists{k}"))
     out["text"] = [c for c in out["instruct"] if "/exists" not in (c.id or "")]
