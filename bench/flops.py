@@ -637,6 +637,34 @@ def head_recompute_flops(config: LlavaConfig, groups: Sequence[Group]) -> int:
     return 2 * rows * config.text_config.hidden_size * config.text_config.vocab_size
 
 
+def data_parallel(size: str = "7b", gpus: int = 8, global_pairs: int = 16, lora_r: int = 128) -> list[dict]:
+    """Per-GPU figures of one POVID optimiser step over ``gpus`` data-parallel ranks (torchrun), stage 1
+    and 2, LoRA (DDP) and full fine-tune (FSDP2), at LLaVA-1.5 geometry: each rank's share of the
+    bound's FLOPs, the bytes each rank sends per step (ring all-reduce of the LoRA gradients,
+    ``2 (N - 1) / N`` of them; FSDP2's all-gather of the parameters in forward and in backward plus the
+    reduce-scatter of the gradients, ``3 (N - 1) / N`` of the bf16 model) and the resident training
+    state per rank (bf16 weights, bf16 gradients and fp32 AdamW moments of what trains; FSDP2 shards
+    all three, DDP replicates them)."""
+    config = llava15_config(size)
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(copy.deepcopy(config))
+    total = sum(p.numel() for p in model.parameters())
+    lora = sum(p.numel() for n, p in add_lora(model, r=lora_r, alpha=2 * lora_r, dropout=0.0).named_parameters()
+               if "lora_" in n)
+    groups = llava_groups()
+    per_rank = global_pairs / gpus
+    ring = (gpus - 1) / gpus
+    rows = []
+    for stage in (1, 2):
+        flops = bound_flops(config, groups, stage, lora_r) / num_pairs(groups) * per_rank
+        for mode, sent, state in (
+                ("LoRA, DDP", 2 * ring * lora * 4, total * 2 + lora * (4 + 4 + 8)),  # fp32 adapters, grads, moments
+                ("full, FSDP2", 3 * ring * total * 2, total * (2 + 2 + 8) / gpus)):
+            rows.append({"size": size, "stage": stage, "mode": mode, "gpus": gpus, "pairs_per_gpu": per_rank,
+                         "tflop_per_gpu": flops / 1e12, "gb_sent_per_gpu": sent / 1e9, "gb_state_per_gpu": state / 1e9})
+    return rows
+
+
 class LayerScaled:
     """Counts at full depth from three shallow copies of the model (meta execution is Python-bound).
 
@@ -783,6 +811,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             bound = bound_flops(llava15_config(r.size), llava_groups(), int(r.provider[-1])) / num_pairs(llava_groups())
             print(f"| {r.size} | {r.provider} | {r.flops_per_pair / 1e12:.3f} | {bound / 1e12:.3f} | "
                   f"{r.flops_per_pair / bound - 1:+.2%} |")
+    print()
+    print("| size | stage | mode | GPUs | pairs/GPU | TFLOP/GPU/step (bound) | GB sent/GPU/step | GB training state/GPU |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in data_parallel():
+        print(f"| {r['size']} | {r['stage']} | {r['mode']} | {r['gpus']} | {r['pairs_per_gpu']:g} | "
+              f"{r['tflop_per_gpu']:.1f} | {r['gb_sent_per_gpu']:.2f} | {r['gb_state_per_gpu']:.1f} |")
     plot(rows, args.png)
     print(f"plot: {args.png}")
 

@@ -129,3 +129,15 @@ def test_llava15_7b_within_half_a_percent_of_the_bound():
         ours = model.count(f"ours-s{stage}", groups).flops
         bound = flops.bound_flops(config, groups, stage)
         assert bound <= ours <= 1.005 * bound, (stage, ours / bound)
+
+
+def test_data_parallel_figures_split_the_bound_and_send_nothing_alone():
+    eight, one = flops.data_parallel(gpus=8, global_pairs=16), flops.data_parallel(gpus=1, global_pairs=16)
+    config, groups = flops.llava15_config("7b"), flops.llava_groups()
+    for r8, r1 in zip(eight, one):
+        bound = flops.bound_flops(config, groups, r8["stage"]) / flops.num_pairs(groups) * 16
+        assert r8["tflop_per_gpu"] * 8 == pytest.approx(bound / 1e12) == pytest.approx(r1["tflop_per_gpu"])
+        assert r1["gb_sent_per_gpu"] == 0 and r8["gb_sent_per_gpu"] > 0
+    ddp, fsdp = eight[0], eight[1]
+    assert fsdp["gb_state_per_gpu"] * 8 == pytest.approx(one[1]["gb_state_per_gpu"])  # FSDP2 shards the state
+    assert ddp["gb_state_per_gpu"] == pytest.approx(one[0]["gb_state_per_gpu"])  # DDP replicates it
