@@ -107,6 +107,8 @@ class DPORecipe:
     lora_dropout: float = option(0.05, "LoRA dropout")
     reference: str = option("adapter", "reference log-probs: adapter (LoRA disabled) | copy | precomputed")
     gradient_checkpointing: bool = option(False, "recompute activations in backward (large models)")
+    decoder_kernels: str = option("", "CUDA only, comma-separated: liger (Liger-Kernel's RMSNorm / SwiGLU / RoPE in "
+                                  "the decoder) and/or compile (torch.compile per decoder layer); empty: plain torch")
     control: bool = option(False, "also train the continued-SFT control on the chosen answers")
     seed: int = option(0, "seed for adapters, data order, noise and sampled evaluation")
     eval_images: int = option(500, "held-out images for CHAIR and POPE (0: skip evaluation)")
@@ -157,6 +159,10 @@ class DPORecipe:
         except ValueError as e:
             raise ConfigError(f"option '--base-cycles': {e}") from None
         check_device(self)
+        if self.decoder_kernels:
+            check_subset(self, "decoder_kernels", ("liger", "compile"))
+            check(self.device.startswith("cuda"), "decoder_kernels", "needs --device cuda (Triton / Inductor kernels)",
+                  self.decoder_kernels)
         check(self.resume or not self.resume_with_changes, "resume_with_changes", "goes with --resume",
               self.resume_with_changes)
 
@@ -201,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
 
     spec = TuningSpec(batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr, lora=cfg.lora,
                       lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed)
+                      gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed,
+                      decoder_kernels=",".join(split_items(cfg.decoder_kernels)))
     objective = PreferenceObjective(loss_type=cfg.loss_type, beta=cfg.beta, label_smoothing=cfg.label_smoothing,
                                     nll_alpha=cfg.nll_alpha, noise_step=cfg.noise_step, noise_positions=cfg.noise_positions,
                                     weight_text=cfg.weight_text,

@@ -20,6 +20,7 @@ from halluremedy.data.conversation import Conversation, ConversationEncoder, Tur
 from halluremedy.data.images import ImageBank
 from halluremedy.data.preference import PreferenceRecord
 from halluremedy.eval.run import object_vocabulary
+from halluremedy.models.fused import apply_liger, compile_decoder
 from halluremedy.models.llava import image_seq_length, load_model
 from halluremedy.models.lora import add_lora, merge_lora
 from halluremedy.train.distributed import current_shard, save_model_on_main
@@ -50,6 +51,10 @@ class TuningSpec:
     lora_dropout: float = 0.05
     gradient_checkpointing: bool = False
     seed: int = 0
+    # Fused decoder kernels on CUDA (halluremedy.models.fused): "" (plain torch), or a comma-joined
+    # subset of DECODER_KERNELS: "liger" (Liger's RMSNorm / SwiGLU / RoPE), "compile" (torch.compile
+    # per decoder layer). The same function, faster; bench/gpu_check.py measures each.
+    decoder_kernels: str = ""
 
     def loop(self) -> LoopConfig:
         return LoopConfig(steps=self.steps, lr=self.lr, warmup_ratio=self.warmup_ratio, grad_accum=self.grad_accum,
@@ -64,8 +69,13 @@ def _prepare(model_dir: str | os.PathLike, dataset: CocoDataset, spec: TuningSpe
     encoder = ConversationEncoder(processor.tokenizer, image_seq_length(model),
                                   max_length=model.config.text_config.max_position_embeddings)
     torch.manual_seed(spec.seed)
+    kernels = [k for k in spec.decoder_kernels.split(",") if k]
+    if "liger" in kernels:
+        apply_liger(model)
     if spec.lora:
         model = add_lora(model, spec.lora_r, spec.lora_alpha, spec.lora_dropout)
+    if "compile" in kernels:  # after the adapters: each compiled layer holds its LoRA linears
+        compile_decoder(model)
     return model, processor, bank, encoder
 
 

@@ -110,6 +110,7 @@ DPO_CASES = {
                       "p.jsonl:1: field 'rejected': 'zebra' not in the word-level vocabulary of "),
     "eval-images": (["--eval-images", "1000"], "option '--eval-images': 1000 images asked for, but split 'val'"),
     "pope": (["--eval-images", "3"], "option '--eval-images': POPE: no image in dataset"),  # was found after training
+    "decoder-kernels": (["--decoder-kernels", "liger"], "option '--decoder-kernels': needs --device cuda"),
 }
 
 
