@@ -10,7 +10,7 @@ checkpoints and exact resume.
 Non-finite policy: a step whose loss or gradient norm is not finite is never applied. Its gradients
 are dropped, the optimiser and scheduler do not move, and the step is counted (``nonfinite_steps`` in
 the metrics). Up to ``LoopConfig.max_nonfinite_steps`` such steps are skipped (default 0); the next
-one stops the run with a ``FloatingPointError`` naming the step, the micro-batch and the last good
+one stops the run with :class:`NonFiniteStep` (a ``FloatingPointError``) naming the step, the micro-batch and the last good
 checkpoint (or saying there is none). Weights are checked before every save, so a checkpoint never
 holds a non-finite value.
 
@@ -44,7 +44,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from halluremedy.errors import ConfigError
+from halluremedy.errors import ConfigError, UserError
 from halluremedy.train.distributed import (
     all_gather_stacked,
     all_reduce_mean,
@@ -75,6 +75,11 @@ class LoopConfig:
     save_every: int = 0  # 0: only at the end
     bf16: bool = True  # autocast to bf16 where the device is CUDA; ignored on CPU
     max_nonfinite_steps: int = 0  # steps with a non-finite loss or gradient skipped before the run stops
+
+
+class NonFiniteStep(FloatingPointError, UserError):
+    """A step whose loss or gradient norm is not finite, past the allowed skips: the run stops before
+    applying it (a user-facing error: one line through ``run_main``; usually the learning rate)."""
 
 
 class ResumeMismatch(ConfigError):
@@ -319,7 +324,8 @@ def train_loop(model: torch.nn.Module, micro_step: MicroStep, cfg: LoopConfig, o
             if skipped > cfg.max_nonfinite_steps:
                 kept = (f"last good checkpoint: step {last_good} in {out_dir / CHECKPOINT}" if last_good is not None
                         else f"no checkpoint was written in {out_dir}")
-                raise FloatingPointError(f"{what}; the step was not applied; {kept}")
+                bar.close()  # the error line starts on a clean line
+                raise NonFiniteStep(f"{what}; the step was not applied; {kept} (a lower --lr usually helps)")
             tqdm.write(f"skipped step {step}: {what} ({skipped}/{cfg.max_nonfinite_steps} allowed)")
         else:
             optimizer.step()
