@@ -20,12 +20,12 @@ naming file, line and field: ``captions.jsonl:7: field 'caption': must be a stri
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from halluremedy.data.coco import CocoDataset, DatasetError
+from halluremedy.data.conversation import read_jsonl
 from halluremedy.eval.chair import MentionParser, chair, coco_vocabulary, ground_truth_objects
 from halluremedy.eval.run import object_vocabulary
 
@@ -53,27 +53,11 @@ def read_caption_lines(path: str | os.PathLike, classes: tuple[str, ...], *,
     image id, or a file without captions.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file does not exist") from None
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read: {e.strerror}") from None
     known = set(classes)
     records: list[CaptionLine] = []
     first_line: dict[int, int] = {}
-    for number, data in enumerate(raw.split(b"\n"), start=1):
-        where = f"{path}:{number}"
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DatasetError(f"{where}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {e.start + 1})") from None
-        if not text.strip():
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{where}: not valid JSON: {e.msg} at column {e.colno}") from None
+    for where, record in read_jsonl(path):  # strict UTF-8, JSON per line: errors name file and line
+        number = int(where.rsplit(":", 1)[1])
         if not isinstance(record, dict):
             raise DatasetError(f"{where}: must be a JSON object")
         image_id = _field(record, "image_id", where)

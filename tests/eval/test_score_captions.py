@@ -91,7 +91,7 @@ GOOD = '{"image_id": 1, "caption": "A dog.", "ground_truth": ["dog"]}\n'
 
 
 @pytest.mark.parametrize(("second_line", "message"), [
-    (b'{"image_id": 2, "caption": "A cat."', "not valid JSON: Expecting ',' delimiter at column 36"),
+    (b'{"image_id": 2, "caption": "A cat."', "malformed JSON: Expecting ',' delimiter (column 36)"),
     (b'[2, "A cat."]', "must be a JSON object"),
     (b'{"caption": "A cat.", "ground_truth": []}', "field 'image_id': missing"),
     (b'{"image_id": "2", "caption": "A cat.", "ground_truth": []}', "field 'image_id': must be an integer"),
@@ -103,7 +103,7 @@ GOOD = '{"image_id": 1, "caption": "A dog.", "ground_truth": ["dog"]}\n'
     (b'{"image_id": 2, "caption": "A cat.", "ground_truth": "cat"}', "field 'ground_truth': must be a list of strings"),
     (b'{"image_id": 2, "caption": "A cat.", "ground_truth": ["kitty"]}', "field 'ground_truth': 'kitty' is not a COCO class"),
     (b'{"image_id": 1, "caption": "A cat.", "ground_truth": []}', "field 'image_id': image 1 is already captioned on line 1"),
-    ('{"image_id": 2, "caption": "A caf\u00e9 cat."}'.encode("latin-1"), "not UTF-8 text (byte 0xe9 at column 34)"),
+    ('{"image_id": 2, "caption": "A caf\u00e9 cat."}'.encode("latin-1"), "not valid UTF-8 at byte offset 95 (byte 0xe9: invalid continuation byte); save the file as UTF-8"),
 ])
 def test_a_bad_line_is_one_named_error_and_no_output(tmp_path, capsys, second_line, message):
     captions = tmp_path / "caps.jsonl"
