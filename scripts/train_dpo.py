@@ -51,7 +51,6 @@ from halluremedy.errors import ConfigError, DatasetError, run_main
 from halluremedy.eval.run import EvalConfig, check_evaluation, evaluate, format_table, summary_row
 from halluremedy.generate.injector import COOCCUR_MODES, EDIT_KINDS, RuleBasedEditor
 from halluremedy.generate.pairs import generate_preference_pairs
-from halluremedy.models.generate import Decoding
 from halluremedy.models.llava import load_model
 from halluremedy.pipeline import (
     BaseTrainSpec,
@@ -178,8 +177,7 @@ def main(argv: list[str] | None = None) -> None:
                                       scene_heldout_images=cfg.scene_heldout_images)
     eval_cfg = None
     if cfg.eval_images:
-        eval_cfg = EvalConfig(chair_images=cfg.eval_images, pope_images=cfg.eval_images, seed=cfg.seed,
-                              caption_decodings=(Decoding(0.0, 64, cfg.seed), Decoding(1.0, 64, cfg.seed)))
+        eval_cfg = EvalConfig.greedy_and_sampled(cfg.eval_images, cfg.seed)
         check_evaluation(heldout, eval_cfg, chair_option="--eval-images", pope_option="--eval-images")
     places = None
     if cfg.pairs:

@@ -20,11 +20,9 @@ from pathlib import Path
 import torch
 
 from halluremedy.config import check_range, option, parse_config
-from halluremedy.data.coco import CocoDataset, write_json_atomic
+from halluremedy.data.coco import CocoDataset
 from halluremedy.errors import run_main
-from halluremedy.eval.run import EvalConfig, check_evaluation, evaluate, format_table, summary_row
-from halluremedy.models.generate import Decoding
-from halluremedy.models.llava import load_model
+from halluremedy.eval.run import EvalConfig, check_evaluation, evaluate_saved, format_table, summary_row
 from halluremedy.train.llava_recipe import LlavaRecipeSpec, Stage, train_llava_base
 
 D = LlavaRecipeSpec()
@@ -98,18 +96,14 @@ def main(argv: list[str] | None = None) -> None:
             from halluremedy.pipeline import ensure_scene_data
             ensure_scene_data(cfg.data)
         heldout = CocoDataset.load(cfg.data, cfg.eval_split)
-        eval_cfg = EvalConfig(chair_images=cfg.eval_images, pope_images=cfg.eval_images, seed=cfg.seed,
-                              caption_decodings=(Decoding(0.0, 64, cfg.seed), Decoding(1.0, 64, cfg.seed)))
+        eval_cfg = EvalConfig.greedy_and_sampled(cfg.eval_images, cfg.seed)
         check_evaluation(heldout, eval_cfg, chair_option="--eval-images", pope_option="--eval-images")
     model_dir = train_llava_base(spec, cfg.out, tower_dir=cfg.tower or None)
     if heldout is None:
         print(f"model: {model_dir} (--eval-images 0: not evaluated)")
         return
-    model, processor = load_model(model_dir)
-    result = evaluate(model, processor, heldout, eval_cfg)
-    result["recipe"] = asdict(cfg)
-    write_json_atomic(Path(cfg.out) / "eval.json", result, indent=2)
-    print(format_table({"llava_base": summary_row(result)}))
+    result = evaluate_saved(model_dir, heldout, eval_cfg, Path(cfg.out) / "eval.json", recipe=asdict(cfg))
+    print(format_table({"llava_base": summary_row(result)}, result["chair_signature"]))
     for dec, s in result["chair"].items():
         print(dec, json.dumps({k: v for k, v in s["sources"].items()}))
     print(json.dumps({k: result["chair"][k]["examples"][:3] for k in result["chair"]}, indent=1))

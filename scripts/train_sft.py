@@ -18,11 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from halluremedy.config import check, check_model_dir, check_range, option, parse_config
-from halluremedy.data.coco import write_json_atomic
 from halluremedy.errors import ConfigError, run_main
-from halluremedy.eval.run import EvalConfig, check_evaluation, evaluate, format_table, summary_row
-from halluremedy.models.generate import Decoding
-from halluremedy.models.llava import load_model
+from halluremedy.eval.run import EvalConfig, check_evaluation, evaluate_saved, format_table, summary_row
 from halluremedy.pipeline import (
     BaseTrainSpec,
     SceneDataSpec,
@@ -75,8 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         _, heldout = ensure_scene_data(cfg.data, data)
         scenes = ensure_base_split(cfg.data, BaseTrainSpec(cycles=parse_cycles(cfg.cycles)).scenes, data)
     heldout.verify_images(progress=shard.is_main)
-    eval_cfg = EvalConfig(chair_images=cfg.eval_images, pope_images=cfg.eval_images, seed=cfg.seed,
-                          caption_decodings=(Decoding(0.0, 64, cfg.seed), Decoding(1.0, 64, cfg.seed))) \
+    eval_cfg = EvalConfig.greedy_and_sampled(cfg.eval_images, cfg.seed) \
         if cfg.eval_images else None
     if eval_cfg is not None:
         check_evaluation(heldout, eval_cfg, chair_option="--eval-images", pope_option="--eval-images")
@@ -88,10 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     if eval_cfg is None:
         print(f"model: {model_dir} (--eval-images 0: not evaluated)")
         return
-    model, processor = load_model(model_dir)
-    result = evaluate(model, processor, heldout, eval_cfg)
-    result["recipe"] = asdict(cfg)
-    write_json_atomic(Path(cfg.out) / "eval.json", result, indent=2)
+    result = evaluate_saved(model_dir, heldout, eval_cfg, Path(cfg.out) / "eval.json", recipe=asdict(cfg))
     print(format_table({"base": summary_row(result)}, result["chair_signature"]))
     print(json.dumps({k: result["chair"][k]["examples"][:2] for k in result["chair"]}, indent=1))
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,13 @@ class EvalConfig:
     chair_compat: str = "halluremedy"  # or "reference": the original CHAIR parser (real COCO only)
     batch_size: int = 64
     progress: bool = True
+
+    @classmethod
+    def greedy_and_sampled(cls, images: int, seed: int) -> EvalConfig:
+        """The recipes' evaluation: ``images`` images for CHAIR and POPE, captions greedy and sampled
+        at T=1 (64 new tokens), every draw from ``seed``."""
+        return cls(chair_images=images, pope_images=images, seed=seed,
+                   caption_decodings=(Decoding(0.0, 64, seed), Decoding(1.0, 64, seed)))
 
     def __post_init__(self) -> None:
         if self.chair_images < 1 or self.pope_images < 0 or self.batch_size < 1:
@@ -108,6 +116,19 @@ def evaluate(model, processor, dataset: CocoDataset, cfg: EvalConfig = EvalConfi
                                    batch_size=cfg.batch_size, progress=f"POPE {setting}" if cfg.progress else None)
         result["pope"][setting] = pope_metrics([parse_pope_answer(a) for a in answers], [q.label for q in questions])
     result["images"]["pope"] = len(images_by_id)  # the same images in every setting
+    return result
+
+
+def evaluate_saved(model_dir: str | os.PathLike, dataset: CocoDataset, cfg: EvalConfig, out: str | os.PathLike,
+                   **record: object) -> dict:
+    """Load the model saved in ``model_dir``, :func:`evaluate` it on ``dataset``, write the result (with
+    ``record``'s entries, e.g. ``recipe=``) to ``out`` atomically and return it."""
+    from halluremedy.data.coco import write_json_atomic
+    from halluremedy.models.llava import load_model
+
+    model, processor = load_model(model_dir)
+    result = {**evaluate(model, processor, dataset, cfg), **record}
+    write_json_atomic(out, result, indent=2)
     return result
 
 
