@@ -73,6 +73,9 @@ class LlavaRecipeSpec:
     extra_noise: tuple[float, ...] = (0.8, 0.15, 0.1, 0.1)
     questions_per_image: int = 2
     qa_turns: int = 1  # questions per conversation (multi-turn, as LLaVA-Instruct's conversations are)
+    # loss weight of the QA conversations' answer tokens in ``instruct`` (captions: 1): one yes/no word
+    # per question against ~12 caption words per sentence leaves existence unlearnt at weight 1 (b1-b5)
+    qa_weight: float = 1.0
     batch_size: int = 32
     warmup_ratio: float = 0.03
     weight_decay: float = 0.01
@@ -96,6 +99,8 @@ class LlavaRecipeSpec:
                                  f"{self.extra_noise}")
         if not self.extra_noise:
             raise ValueError("LlavaRecipeSpec.extra_noise needs at least one rate")
+        if self.qa_weight <= 0:
+            raise ValueError(f"LlavaRecipeSpec.qa_weight must be > 0, got {self.qa_weight}")
         if self.scenes < 1 or self.batch_size < 1 or self.questions_per_image < 0 or self.qa_turns < 1:
             raise ValueError(f"LlavaRecipeSpec needs scenes >= 1, batch_size >= 1, questions_per_image >= 0: {self}")
 
@@ -238,7 +243,9 @@ def train_llava_base(spec: LlavaRecipeSpec, out_dir: str | os.PathLike, *, tower
         if name == "text":
             _train_text(model, data["text"], encoder, stage, spec, out / f"stage_{name}")
         else:
-            batches = SupervisedBatches(data[name], encoder, bank, spec.batch_size, seed=spec.seed)
+            weights = None if spec.qa_weight == 1.0 else \
+                [spec.qa_weight if "/exists" in (c.id or "") else 1.0 for c in data[name]]
+            batches = SupervisedBatches(data[name], encoder, bank, spec.batch_size, seed=spec.seed, weights=weights)
             loop = LoopConfig(steps=stage.steps, lr=stage.lr, warmup_ratio=spec.warmup_ratio,
                               weight_decay=spec.weight_decay, log_every=50, save_every=10**9)
             train_sft(model, batches, loop, out / f"stage_{name}")

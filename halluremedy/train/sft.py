@@ -88,11 +88,13 @@ class SupervisedBatches:
 
     ``batch(i)`` -> dict with ``input_ids`` (B, T), ``labels`` (B, T) (``-100`` outside assistant
     turns and padding), ``attention_mask`` (B, T), ``pixel_values`` (B, C, H, W) (noised as
-    ``noise`` says, if given).
+    ``noise`` says, if given), and with ``weights`` (one per conversation) ``token_weights`` (B, T):
+    each token's weight in the loss, its conversation's weight (0 where ``labels`` is ``-100``).
     """
 
     def __init__(self, conversations: Sequence[Conversation], encoder: ConversationEncoder, bank: ImageBank,
-                 batch_size: int, seed: int, noise: NoiseAugment | None = None):
+                 batch_size: int, seed: int, noise: NoiseAugment | None = None,
+                 weights: Sequence[float] | None = None):
         missing = [c.image for c in conversations if c.image not in bank]
         if missing:
             raise FileNotFoundError(f"{len(missing)} conversations name images not in the dataset, e.g. {missing[0]}")
@@ -103,6 +105,10 @@ class SupervisedBatches:
         self.pad_id = encoder.tokenizer.pad_token_id
         self.sampler = EpochSampler(len(conversations), seed)
         self.noise = noise
+        if weights is not None and (len(weights) != len(conversations) or min(weights, default=1.0) < 0):
+            raise ValueError(f"SupervisedBatches: weights needs one value >= 0 per conversation "
+                             f"({len(conversations)}), got {len(weights)}")
+        self.weights = None if weights is None else [float(w) for w in weights]
 
     def batch(self, index: int) -> dict[str, torch.Tensor]:
         rows = self.sampler.batch_rows(index, self.batch_size)
@@ -112,23 +118,46 @@ class SupervisedBatches:
         files = [self.images[r] for r in rows]
         pixels = self.bank.pixels(files) if self.noise is None else \
             self.noise.apply(self.bank.get01(files), index, self.bank)
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "pixel_values": pixels}
+        out = {"input_ids": ids, "labels": labels, "attention_mask": mask, "pixel_values": pixels}
+        if self.weights is not None:
+            w = torch.tensor([self.weights[r] for r in rows], dtype=torch.float32)[:, None]
+            out["token_weights"] = (labels != IGNORE_INDEX).float() * w
+        return out
+
+
+def weighted_token_loss(logits: torch.Tensor, labels: torch.Tensor, token_weights: torch.Tensor) -> torch.Tensor:
+    """sum_t w_t * nll_t / sum_t w_t over next-token predictions: ``logits`` (B, T, V) at position t
+    scores token t + 1 of ``labels`` (B, T) (``-100``: not scored), weighted by ``token_weights`` (B, T)
+    of that token. With every weight 1 this is the mean over assistant tokens (the models' own loss)."""
+    target = labels[:, 1:]
+    w = token_weights[:, 1:] * (target != IGNORE_INDEX)
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), target.clamp_min(0).flatten(),
+                                            reduction="none").view_as(w)
+    return (nll * w).sum() / w.sum().clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def train_sft(model: torch.nn.Module, batches: SupervisedBatches, cfg: LoopConfig, out_dir: str | os.PathLike,
               *, resume: bool = False, allow_changes: bool = False, settings: Mapping[str, Any] | None = None
               ) -> list[dict]:
-    """Next-token loss on assistant tokens (mean over them), through the shared loop (``settings``,
-    ``allow_changes``: see :func:`~halluremedy.train.loop.train_loop`)."""
+    """Next-token loss on assistant tokens (their mean, or :func:`weighted_token_loss` where the batches
+    carry weights), through the shared loop (``settings``, ``allow_changes``: see
+    :func:`~halluremedy.train.loop.train_loop`)."""
     device = next(model.parameters()).device
 
     def micro_step(step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
         index = step * cfg.grad_accum + micro
         b = {k: v.to(device) for k, v in batches.batch(index).items()}
         b["pixel_values"] = b["pixel_values"].to(model.dtype)
-        loss = model(**b).loss  # mean over this micro-batch's assistant tokens
+        weights = b.pop("token_weights", None)
+        if weights is None:
+            loss = model(**b).loss  # mean over this micro-batch's assistant tokens
+            scored = (b["labels"][:, 1:] != IGNORE_INDEX).sum()
+        else:
+            labels = b.pop("labels")
+            loss = weighted_token_loss(model(**b).logits, labels, weights)
+            scored = weights[:, 1:].sum()
         if batches.sampler.shard.world > 1:  # the mean over every rank's tokens, once DDP averages
-            loss = loss * global_token_scale((b["labels"][:, 1:] != IGNORE_INDEX).sum())
+            loss = loss * global_token_scale(scored)
         return loss, {"loss": loss.detach(), "batch": index}  # read by the loop once per log interval
 
     return train_loop(model, micro_step, cfg, out_dir, resume=resume, allow_changes=allow_changes,

@@ -216,3 +216,52 @@ def _resume_with_settings(model, cfg, out_dir, stored, new):
         train_loop(model, never, cfg, out_dir, resume=True, settings={"data": new})
     finally:
         (out_dir / "settings.json").write_text(json.dumps(settings))
+
+
+def test_weighted_token_loss_matches_a_float64_reference():
+    from halluremedy.train.sft import weighted_token_loss
+    g = torch.Generator().manual_seed(4)
+    for B, T, V in ((1, 2, 3), (3, 9, 17), (5, 13, 31)):
+        logits = torch.randn(B, T, V, generator=g, requires_grad=True)
+        labels = torch.randint(0, V, (B, T), generator=g)
+        labels[torch.rand(B, T, generator=g) < 0.3] = -100
+        labels[0, 1] = V - 1  # at least one scored token
+        weights = torch.rand(B, T, generator=g) * 4 * (labels != -100)
+        weights[0, 1] = 0.5
+        got = weighted_token_loss(logits, labels, weights)
+        # float64 loop over every scored position
+        lp = logits.detach().double().log_softmax(-1)
+        num = den = 0.0
+        for b in range(B):
+            for t in range(T - 1):
+                if labels[b, t + 1] != -100:
+                    w = float(weights[b, t + 1])
+                    num -= w * float(lp[b, t, labels[b, t + 1]])
+                    den += w
+        assert got.item() == pytest.approx(num / den, rel=1e-5)
+        got.backward()
+        ref_logits = logits.detach().double().requires_grad_(True)
+        w = weights[:, 1:].double() * (labels[:, 1:] != -100)
+        nll = -ref_logits[:, :-1].log_softmax(-1).gather(-1, labels[:, 1:].clamp_min(0)[..., None])[..., 0]
+        ((nll * w).sum() / w.sum()).backward()
+        torch.testing.assert_close(logits.grad.double(), ref_logits.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_unit_weights_give_the_models_own_loss(tiny_coco, tiny_llava_factory):
+    from halluremedy.train.sft import weighted_token_loss
+    model, processor = tiny_llava_factory(0)
+    conversations = [Conversation(im.file_name, (Turn("Describe this image.", im.captions[0]),))
+                     for im in tiny_coco.images]
+    bank, encoder = ImageBank(tiny_coco, processor.image_processor), ConversationEncoder(processor.tokenizer, 16)
+    plain = SupervisedBatches(conversations, encoder, bank, 4, seed=1).batch(0)
+    b = SupervisedBatches(conversations, encoder, bank, 4, seed=1, weights=[1.0] * len(conversations)).batch(0)
+    assert "token_weights" not in plain
+    assert torch.equal(b["token_weights"], (plain["labels"] != -100).float())
+    with torch.no_grad():
+        own = model(**plain).loss
+        inputs = {k: v for k, v in b.items() if k not in ("labels", "token_weights")}
+        mine = weighted_token_loss(model(**inputs).logits, b["labels"], b["token_weights"])
+    torch.testing.assert_close(mine, own, rtol=1e-5, atol=1e-6)
+    for bad in ([1.0], [-1.0] * len(conversations)):
+        with pytest.raises(ValueError, match="one value >= 0 per conversation"):
+            SupervisedBatches(conversations, encoder, bank, 4, seed=1, weights=bad)
