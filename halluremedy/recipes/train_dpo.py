@@ -152,7 +152,7 @@ def train_dpo(cfg: DPORecipe) -> dict[str, Path]:
         return models
     write_json_atomic(out / "models.json", {k: str(v) for k, v in models.items()}, indent=1)
 
-    table = f"not evaluated (--eval-images 0); models: {out / 'models.json'}"
+    table = f"models: {out / 'models.json'} (--eval-images 0: not evaluated)"
     if eval_cfg is not None:
         rows, results = {}, {}
         for name, path in models.items():
