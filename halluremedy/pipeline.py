@@ -29,6 +29,7 @@ from halluremedy.errors import ConfigError
 from halluremedy.models.llava import TinyLlavaSpec, build_tiny_llava, image_seq_length, load_model
 from halluremedy.prompts import prompt_words
 from halluremedy.train.distributed import current_shard, save_model_on_main
+from halluremedy.train.llava_recipe import LlavaRecipeSpec, train_llava_base
 from halluremedy.train.loop import LoopConfig, plot_metrics
 from halluremedy.train.sft import NoiseAugment, SupervisedBatches, train_sft
 
@@ -37,6 +38,10 @@ SCENE_MARKER = ".halluremedy-scene-world"  # in a scene root made by the embedde
 # The default tiny base, trained once by ``python scripts/train_sft.py`` (BaseTrainSpec defaults on the
 # default SceneDataSpec data) and shipped so the default POVID run needs no 1.3 h of base training.
 SHIPPED_BASE = Path(__file__).parent / "assets" / "scene_base"
+# The LLaVA-like base (pretrained frozen tower, LLaVA-1.5's stages; it hallucinates from its language
+# prior as LLaVA-1.5 does), made by ``python scripts/train_llava_base.py`` (LlavaRecipeSpec defaults).
+SHIPPED_LLAVA_BASE = Path(__file__).parent / "assets" / "scene_base_llava"
+BASE_KINDS = ("llava-like", "perception-limited")
 
 
 @dataclass(frozen=True)
@@ -214,11 +219,7 @@ def ensure_base_model(data_root: str | os.PathLike, out_dir: str | os.PathLike, 
     recipe = {**asdict(spec), "cycles": format_cycles(spec.cycles), "scene_seed": data.train_seed,
               "caption_noise": data.caption_noise, "image_size": data.image_size}
     record = out / "base_recipe.json"
-    if (path / "config.json").exists():
-        found = json.loads(record.read_text()) if record.exists() else None
-        if found != recipe:
-            raise ConfigError(f"{path}: a base model made by {'another recipe: ' + str(found) if found else 'an unrecorded recipe'}"
-                              f", not the one asked for ({recipe}); remove it or pick another base directory (--base-out)")
+    if _reuse_or_refuse(out, recipe, "--base-out"):
         return path
     default_scenes = (data.train_seed, data.caption_noise, data.image_size) == \
         (SceneDataSpec.train_seed, SceneDataSpec.caption_noise, SceneDataSpec.image_size)
@@ -228,6 +229,37 @@ def ensure_base_model(data_root: str | os.PathLike, out_dir: str | os.PathLike, 
         train_base_model(ensure_base_split(data_root, spec.scenes, data), out_dir, spec, resume=True)
     write_json_atomic(record, recipe, indent=2)
     return path
+
+
+def _reuse_or_refuse(out: Path, recipe: dict, option: str) -> bool:
+    """True if ``OUT/model`` exists and ``OUT/base_recipe.json`` records ``recipe``; a model made by
+    another (or an unrecorded) recipe is refused rather than silently reused."""
+    if not (out / "model" / "config.json").exists():
+        return False
+    record = out / "base_recipe.json"
+    found = json.loads(record.read_text()) if record.exists() else None
+    if found != recipe:
+        raise ConfigError(f"{out / 'model'}: a base model made by "
+                          f"{'another recipe: ' + str(found) if found else 'an unrecorded recipe'}, not the one "
+                          f"asked for ({recipe}); remove it or pick another base directory ({option})")
+    return True
+
+
+def ensure_llava_base(out_dir: str | os.PathLike, spec: LlavaRecipeSpec = LlavaRecipeSpec()) -> Path:
+    """Return ``OUT/model``, the LLaVA-like base; if absent, copy the shipped one when ``spec`` is the
+    default (``SHIPPED_LLAVA_BASE`` was made by exactly that recipe), else run the recipe (tower
+    pretraining included; ~15-20 min on one CPU thread). ``OUT/base_recipe.json`` records the recipe."""
+    out = Path(out_dir)
+    recipe = {"kind": "llava-like", **asdict(spec)}
+    recipe = json.loads(json.dumps(recipe))  # tuples as lists, as the record reads back
+    if _reuse_or_refuse(out, recipe, "--base-out"):
+        return out / "model"
+    if spec == LlavaRecipeSpec() and (SHIPPED_LLAVA_BASE / "config.json").exists():
+        shutil.copytree(SHIPPED_LLAVA_BASE, out / "model")
+    else:
+        train_llava_base(spec, out, texts=scene_model_texts())
+    write_json_atomic(out / "base_recipe.json", recipe, indent=2)
+    return out / "model"
 
 
 def resolve_data(model: str, data: str, split: str, eval_split: str, *, scene_train_images: int,

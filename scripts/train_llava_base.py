@@ -23,6 +23,7 @@ from halluremedy.config import check_range, option, parse_config
 from halluremedy.data.coco import CocoDataset
 from halluremedy.errors import run_main
 from halluremedy.eval.run import EvalConfig, check_evaluation, evaluate_saved, format_table, summary_row
+from halluremedy.pipeline import scene_model_texts
 from halluremedy.train.llava_recipe import LlavaRecipeSpec, Stage, train_llava_base
 
 D = LlavaRecipeSpec()
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         heldout = CocoDataset.load(cfg.data, cfg.eval_split)
         eval_cfg = EvalConfig.greedy_and_sampled(cfg.eval_images, cfg.seed)
         check_evaluation(heldout, eval_cfg, chair_option="--eval-images", pope_option="--eval-images")
-    model_dir = train_llava_base(spec, cfg.out, tower_dir=cfg.tower or None)
+    model_dir = train_llava_base(spec, cfg.out, texts=scene_model_texts(), tower_dir=cfg.tower or None)
     if heldout is None:
         print(f"model: {model_dir} (--eval-images 0: not evaluated)")
         return

@@ -201,12 +201,11 @@ def _train_text(model, conversations: list[Conversation], encoder: ConversationE
     train_loop(model, micro_step, cfg, out_dir, desc="text")
 
 
-def train_llava_base(spec: LlavaRecipeSpec, out_dir: str | os.PathLike, *, tower_dir: str | os.PathLike | None = None,
-                     texts: list[str] | None = None, progress: bool = True) -> Path:
+def train_llava_base(spec: LlavaRecipeSpec, out_dir: str | os.PathLike, *, texts: list[str],
+                     tower_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """Run the whole recipe into ``OUT`` (``OUT/tower`` unless ``tower_dir`` is given, ``OUT/stage_*``
-    logs, ``OUT/model`` the LLaVA, ``OUT/recipe.json`` the spec and stage times); returns ``OUT/model``."""
-    from halluremedy.pipeline import scene_model_texts  # pipeline imports the train package
-
+    logs, ``OUT/model`` the LLaVA, ``OUT/recipe.json`` the spec and stage times); returns ``OUT/model``.
+    ``texts``: every text the tokenizer must know (``halluremedy.pipeline.scene_model_texts()``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
@@ -216,7 +215,7 @@ def train_llava_base(spec: LlavaRecipeSpec, out_dir: str | os.PathLike, *, tower
         tower_dir = out / "tower"
         times["tower_s"] = round(time.time() - t0, 1)
     tower, _ = load_tower(tower_dir)
-    model, processor = build_tiny_llava(spec.model_spec(), texts or scene_model_texts(), seed=spec.seed)
+    model, processor = build_tiny_llava(spec.model_spec(), texts, seed=spec.seed)
     missing = model.model.vision_tower.load_state_dict(tower.state_dict(), strict=True)
     assert not missing.missing_keys and not missing.unexpected_keys
     image_tokens = spec.model_spec().image_tokens

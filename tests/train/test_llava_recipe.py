@@ -2,11 +2,14 @@
 
 import json
 
+import pytest
 import torch
 
 from halluremedy.data.scenes.world import SceneConfig
+from halluremedy.errors import ConfigError
 from halluremedy.models.llava import load_model
 from halluremedy.models.vision_pretrain import VisionPretrainSpec, load_tower, render_scenes
+from halluremedy.pipeline import ensure_llava_base, scene_model_texts
 from halluremedy.train.llava_recipe import LlavaRecipeSpec, Stage, recipe_conversations, train_llava_base
 
 TOWER = VisionPretrainSpec(hidden=32, layers=2, heads=2, steps=10, batch_size=16, scenes=64)
@@ -41,7 +44,7 @@ def test_conversations_carry_noise_in_detailed_captions_only():
 
 def test_recipe_end_to_end_keeps_the_tower_frozen(tmp_path):
     torch.manual_seed(0)
-    model_dir = train_llava_base(SPEC, tmp_path, progress=False)
+    model_dir = train_llava_base(SPEC, tmp_path, texts=scene_model_texts(), progress=False)
     model, processor = load_model(model_dir)
     tower, _ = load_tower(tmp_path / "tower")
     for (name, a), b in zip(model.model.vision_tower.state_dict().items(), tower.state_dict().values()):
@@ -61,7 +64,7 @@ def test_full_strategy_keeps_the_class_token(tmp_path):
     from halluremedy.models.generate import Decoding, generate_answers
 
     spec = replace(SPEC, tower=replace(TOWER, cls_head=True), feature_strategy="full")
-    model_dir = train_llava_base(spec, tmp_path, progress=False)
+    model_dir = train_llava_base(spec, tmp_path, texts=scene_model_texts(), progress=False)
     model, processor = load_model(model_dir)
     assert model.config.image_seq_length == 17 and model.config.vision_feature_select_strategy == "full"
     _, head = load_tower(tmp_path / "tower")
@@ -70,3 +73,15 @@ def test_full_strategy_keeps_the_class_token(tmp_path):
     pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images]
     answers = generate_answers(model, processor, pil, ["Describe this image."] * 2, Decoding(0.0, 5), batch_size=2)
     assert len(answers) == 2
+
+
+def test_ensure_llava_base_trains_once_then_reuses_and_refuses_another_recipe(tmp_path):
+    from dataclasses import replace
+    spec = replace(SPEC, qa_weight=3.0, questions_per_image=4, qa_turns=2)
+    model_dir = ensure_llava_base(tmp_path / "base", spec)
+    stamp = (model_dir / "model.safetensors").stat().st_mtime_ns
+    assert json.loads((tmp_path / "base" / "base_recipe.json").read_text())["qa_weight"] == 3.0
+    assert ensure_llava_base(tmp_path / "base", spec) == model_dir
+    assert (model_dir / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not retrained
+    with pytest.raises(ConfigError, match="another recipe"):
+        ensure_llava_base(tmp_path / "base", replace(spec, qa_weight=1.0))
