@@ -229,17 +229,21 @@ def flat_config(cfg) -> dict[str, object]:
             for o in config_options(type(cfg))}
 
 
+class _ConfigDumper(yaml.SafeDumper):
+    """Block mappings, lists on one line: ``stages: [1, 2]``."""
+
+
+_ConfigDumper.add_representer(list, lambda dumper, value: dumper.represent_sequence(
+    "tag:yaml.org,2002:seq", value, flow_style=True))
+
+
 def config_yaml(cfg) -> str:
-    """The config as the YAML ``--config`` reads: one ``### SECTION`` comment per section."""
-    flat = flat_config(cfg)
-    blocks, current = [], object()
+    """The config as the YAML ``--config`` reads: one block per section, under a ``### SECTION`` comment."""
+    flat, blocks = flat_config(cfg), {}
     for o in config_options(type(cfg)):
-        if o.section != current:
-            current = o.section
-            blocks.append(f"### {o.section or 'recipe'}")
-        blocks.append(yaml.safe_dump({o.name: flat[o.name]}, sort_keys=False, default_flow_style=True,
-                                     width=1000).strip())
-    return "\n".join(blocks) + "\n"
+        blocks.setdefault(o.section or "recipe", {})[o.name] = flat[o.name]
+    return "\n".join(f"### {name}\n" + yaml.dump(values, Dumper=_ConfigDumper, sort_keys=False, width=1000)
+                     for name, values in blocks.items())
 
 
 def flag(name: str) -> str:
@@ -298,12 +302,13 @@ def check_subset(cfg, name: str, choices: Collection[str]) -> list[str]:
     return items
 
 
-def check_device(cfg, name: str = "device") -> None:
-    """``cpu``, ``cuda`` or ``cuda:N``; CUDA only where torch sees a GPU."""
+def check_device(cfg, name: str = "device", *, here: bool = True) -> None:
+    """``cpu``, ``cuda`` or ``cuda:N``; with ``here``, CUDA only where torch sees a GPU (a shipped
+    config for a GPU is checked without ``here`` on any machine, and again with it before a run)."""
     value = getattr(cfg, name)
     if not re.fullmatch(r"cpu|cuda(:\d+)?", str(value)):
         raise _bad(name, "must be cpu, cuda or cuda:N", value)
-    if value.startswith("cuda"):
+    if here and value.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():

@@ -9,8 +9,8 @@ scenes rendered in memory), then evaluates greedy CHAIR and POPE on 300 held-out
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 
 import torch
 
@@ -27,10 +27,13 @@ from halluremedy.train.sft import SupervisedBatches, train_sft
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("steps", type=int, help="optimiser steps")
+    parser.add_argument("model_dir", nargs="?", default="runs/llava_b5/model", help="the base (default: %(default)s)")
+    parser.add_argument("out", nargs="?", default="runs/qa_only", help="output directory (default: %(default)s)")
+    args = parser.parse_args()
+    steps, model_dir, out = args.steps, args.model_dir, args.out
     torch.set_num_threads(1)
-    steps = int(sys.argv[1])
-    model_dir = sys.argv[2] if len(sys.argv) > 2 else "runs/llava_b5/model"
-    out = sys.argv[3] if len(sys.argv) > 3 else "runs/qa_only"
     model, proc = load_model(model_dir)
     spec = LlavaRecipeSpec(questions_per_image=4, qa_turns=4, scenes=20000)
     cfg = SceneConfig()

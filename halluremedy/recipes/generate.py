@@ -44,7 +44,7 @@ class GenerateConfig:
     format: Literal["povid", "trl"] = option("povid", "povid: LLaVA conversations + rejected_conversations; trl: "
                                              "{prompt, chosen, rejected, images}")
     kinds: tuple[EditKind, ...] = option(EDIT_KINDS, "hallucination kinds the rejected captions may use")
-    per_image: int | None = option(None, "at most this many pairs per image (default: all)")
+    per_image: int | None = option(None, "at most this many pairs per image; none: all")
     prompt: Literal["by-index", "short", "detailed"] = option(
         "by-index", "by-index: caption k answers the SFT prompt k % 2 (scene world); or one fixed prompt")
     keep_unfaithful: bool = option(False, "also use reference captions that name an object the annotations lack")

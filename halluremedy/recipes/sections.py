@@ -55,7 +55,7 @@ class ModelSection:
     def __post_init__(self) -> None:
         check_choices(self)
         check_cycles(self, "base_cycles")
-        check_device(self)
+        check_device(self, here=False)  # a GPU config stays valid on any machine; the recipe checks it before a run
         check(not self.decoder_kernels or self.device.startswith("cuda"), "decoder_kernels",
               "needs --device cuda (Triton / Inductor kernels)", self.decoder_kernels)
 

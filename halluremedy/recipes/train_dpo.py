@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from halluremedy.config import check, check_choices, check_range, flat_config, option, section
+from halluremedy.config import check, check_choices, check_device, check_range, flat_config, option, section
 from halluremedy.data.coco import write_json_atomic
 from halluremedy.data.preference import check_records_fit, load_preference_file, write_preferences
 from halluremedy.errors import DatasetError
@@ -99,6 +99,7 @@ class DPORecipe:
 
 def train_dpo(cfg: DPORecipe) -> dict[str, Path]:
     """Run the recipe; returns ``{name: model directory}`` (base, stage1, stage2, sft-control)."""
+    check_device(cfg.model)  # a GPU where --device asks for one
     out = Path(cfg.run.out)
     shard, device = init_data_parallel(cfg.model.device)  # torchrun: this process's rank and GPU
     # inputs first, every one checked before the first step and before anything is written to OUT
