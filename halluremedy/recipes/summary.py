@@ -10,6 +10,8 @@ from halluremedy.config import config_yaml
 
 
 def _where(path: Path, out: Path) -> str:
+    """``path`` relative to ``out`` when inside it, else absolute."""
+    path, out = path.resolve(), out.resolve()
     return str(path.relative_to(out)) if path.is_relative_to(out) else str(path)
 
 
@@ -27,7 +29,7 @@ def write_summary(out: str | os.PathLike, command: str, cfg, *, results: str,
         f"# halluremedy {command}: {out}", "",
         f"Run again: `halluremedy {command} --config {out / 'config.yaml'}`", "",
         "## Results", "", results.strip(), "",
-        "## Files", "", "| what | where (relative to this folder) |", "|---|---|", *rows, "",
+        "## Files", "", "| what | where (inside this folder unless absolute) |", "|---|---|", *rows, "",
         "## Resolved config", "", "```yaml", resolved.rstrip(), "```", ""])
     path = out / "summary.md"
     path.write_text(text)
