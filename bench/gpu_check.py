@@ -67,12 +67,11 @@ from halluremedy.train.dpo import (  # noqa: E402
     PreferenceBatches,
     PreferenceObjective,
     Reference,
-    noise_seed,
-    noised_pixels,
     train_preference,
 )
 from halluremedy.train.host_syncs import SyncCounter, cuda_sync_warnings, paused  # noqa: E402
 from halluremedy.train.loop import LoopConfig  # noqa: E402
+from halluremedy.train.povid import noise_seed, noised_pixels  # noqa: E402
 from halluremedy.train.sft import EpochSampler  # noqa: E402
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, -1, 1, 1)

@@ -85,7 +85,7 @@ from halluremedy.pipeline import (
     resolve_model_and_data,
 )
 from halluremedy.train.dpo import PreferenceObjective
-from halluremedy.train.povid import TuningSpec, run_conversation_sft, run_preference_stage
+from halluremedy.train.stages import TuningSpec, run_conversation_sft, run_preference_stage
 
 ARMS = ("targeted-sft", "untargeted-sft", "targeted-dpo", "untargeted-dpo", "reflective", "answer-only",
         "reflective-positive", "reflective-negative")

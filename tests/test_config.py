@@ -20,7 +20,7 @@ from halluremedy.config import (
 from halluremedy.errors import ConfigError, run_main
 from halluremedy.recipes.sections import LoopSection, LoraSection, ObjectiveSection, assemble
 from halluremedy.train.dpo import PreferenceObjective
-from halluremedy.train.povid import TuningSpec
+from halluremedy.train.stages import TuningSpec
 
 
 @dataclass(frozen=True)

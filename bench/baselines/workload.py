@@ -2,7 +2,7 @@
 
 Every provider gets the same thing: ``pairs`` POVID records (prompt + image, chosen y+, one
 rejected y-) from the procedural scene world, encoded once by :class:`ConversationEncoder`, their
-clean and noised pixel tensors (the noise of ``halluremedy.train.dpo.noised_pixels``, so POVID's
+clean and noised pixel tensors (the noise of ``halluremedy.train.povid.noised_images``, so POVID's
 noised forward sees the same image as ours), and its own deep copy of one policy: a tiny LLaVA
 with LoRA adapters on every decoder linear layer (POVID's placement), reference = adapters disabled.
 
@@ -28,7 +28,8 @@ from halluremedy.generate.pairs import build_preference_pairs
 from halluremedy.models.llava import TinyLlavaSpec, build_tiny_llava, image_seq_length
 from halluremedy.models.lora import DECODER_LINEARS
 from halluremedy.pipeline import SceneDataSpec, ensure_scene_data, scene_model_texts
-from halluremedy.train.dpo import EncodedRecord, PreferenceBatch, PreferenceBatches, noise_seed, noised_pixels
+from halluremedy.train.dpo import EncodedRecord, PreferenceBatch, PreferenceBatches
+from halluremedy.train.povid import noised_images
 
 BETA = 0.1
 NOISE_STEP = 500
@@ -139,8 +140,7 @@ def build_workload(config: BenchConfig, data_root: str | None = None) -> Workloa
     batch = batches.batch(0)
     images01 = bank.get01(batch.files)
     clean = bank.normalize(images01)
-    keys = [noise_seed(config.seed, 0, r) for r in batch.records]
-    noised = noised_pixels(bank, images01, keys, NOISE_STEP)
+    noised = noised_images(bank, images01, batch.records, seed=config.seed, epoch=0, step=NOISE_STEP)
     workload = Workload(config, model, {}, processor, batches, batch, images01, clean, noised)
     workload.lora_state = _random_adapters(workload, config.seed)
     return workload

@@ -68,6 +68,15 @@ def object_vocabulary(dataset: CocoDataset, compat: str = "halluremedy") -> Ment
     return ObjectVocabulary.from_synonyms(dataset.synonyms) if dataset.synonyms else vocab
 
 
+def present_words(dataset: CocoDataset) -> dict[str, list[str]]:
+    """Image file name -> every surface phrase that CHAIR reads as a class annotated in it (the
+    dataset's synonym table, or the built-in COCO one): what POVID's ``noise_positions`` rule
+    "present" is given (``run_preference_stage(present_words=...)``)."""
+    vocab = object_vocabulary(dataset)
+    return {im.file_name: sorted({w for o in im.objects for w in vocab.surface_forms(o.category)})
+            for im in dataset.images}
+
+
 def check_evaluation(dataset: CocoDataset, cfg: EvalConfig, *, chair_option: str = "--chair-images",
                      pope_option: str = "--pope-images", compat_option: str = "--chair-compat") -> None:
     """Refuse, before any model loads, what :func:`evaluate` would stop at once the captions are made:

@@ -22,7 +22,7 @@ from halluremedy.errors import ConfigError
 from halluremedy.generate.injector import COOCCUR_MODES, EDIT_KINDS, CooccurMode, EditKind
 from halluremedy.pipeline import BaseTrainSpec, SceneDataSpec, format_cycles, parse_cycles
 from halluremedy.train.dpo import NOISE_POSITION_RULES, PreferenceObjective
-from halluremedy.train.povid import TuningSpec
+from halluremedy.train.stages import TuningSpec
 
 T = TypeVar("T")
 NoisePosition = Literal[("all", *NOISE_POSITION_RULES)]

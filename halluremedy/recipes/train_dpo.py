@@ -43,7 +43,7 @@ from halluremedy.config import check, check_choices, check_device, check_range, 
 from halluremedy.data.coco import write_json_atomic
 from halluremedy.data.preference import check_records_fit, load_preference_file, write_preferences
 from halluremedy.errors import DatasetError
-from halluremedy.eval.run import EvalConfig, check_evaluation, evaluate, format_table, summary_row
+from halluremedy.eval.run import EvalConfig, check_evaluation, evaluate, format_table, present_words, summary_row
 from halluremedy.generate.injector import RuleBasedEditor
 from halluremedy.generate.pairs import generate_preference_pairs
 from halluremedy.models.llava import load_model
@@ -62,7 +62,7 @@ from halluremedy.recipes.sections import (
 from halluremedy.recipes.summary import write_summary
 from halluremedy.train.distributed import init_data_parallel, main_rank_first
 from halluremedy.train.dpo import PreferenceObjective
-from halluremedy.train.povid import TuningSpec, run_preference_stage, run_sft_control
+from halluremedy.train.stages import TuningSpec, run_preference_stage, run_sft_control
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def train_dpo(cfg: DPORecipe) -> dict[str, Path]:
                                        assemble(PreferenceObjective, cfg.objective, stage=stage),
                                        assemble(TuningSpec, cfg.model, cfg.lora, cfg.loop, steps=cfg.steps(stage)),
                                        reference=cfg.objective.reference, device=device, resume=cfg.run.resume,
-                                       allow_changes=cfg.run.resume_with_changes)
+                                       allow_changes=cfg.run.resume_with_changes, present_words=present_words(train))
         models[f"stage{stage}"] = current
     if cfg.control:
         spec = assemble(TuningSpec, cfg.model, cfg.lora, cfg.loop, steps=sum(map(cfg.steps, cfg.stages)))

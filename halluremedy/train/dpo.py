@@ -3,18 +3,17 @@
 Per micro-batch of B records (prompt + image, chosen y+, k rejected y-):
 
 * the images are read once as [0, 1] tensors; the clean batch is their CLIP normalisation;
-* stage 2 only: each image is noised (``vlm_kernels.diffusion_noise``, per record, seeded by
-  ``(seed, epoch, record)``), then one no-grad packed forward of ``[P | y+]`` per model gives the
-  argmax tokens a_t under the noised image (``vlm_kernels.linear_argmax``, no (N, V) logits);
-  ``noise_positions`` may keep a_t at only some positions (elsewhere a_t := y+_t, so they cancel):
-  "seen", where the clean-image argmax (read off the scoring forward's own rows, no extra pass) is
-  the y+ token; "novel", where a_t is a token the ground truth y+ does not contain anywhere;
-  "present", where a_t is not a word naming a class present in the image (any synonym; from the
-  annotations); rules combine with commas ("seen,novel,present"), all must hold;
+* stage 2 only: each image is noised, then one no-grad packed forward of ``[P | y+]`` per model
+  gives the argmax tokens a_t under the noised image, kept at the positions ``noise_positions``
+  allows (:mod:`halluremedy.train.povid`: the noise, the argmax and the position rules);
 * one packed forward ``[P | y+ | y-_1 .. y-_k]`` for the policy (with grad) and one for the
   reference (no grad) score every response, plus, stage 2, the argmax tokens at the y+ positions
   (a second target column of the same ``linear_logprob`` call);
 * stage 1: ``dpo_objective(text pairs)``; stage 2: ``w_t * DPO(y+ vs y-) + w_n * DPO(y+ vs a)``.
+
+:func:`model_logps` is one model's part of a step (noised argmax, then scoring) and
+:func:`preference_step` the whole step (reference, policy, loss); the training loop, the
+reference precompute and the benchmark all run these two.
 
 So a stage-2 step is 1 grad + 3 no-grad packed forwards, against POVID's 3 + 3 full forwards with
 per-sequence images and full logits. The frozen vision tower (and projector) run once per image per
@@ -34,17 +33,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from vlm_kernels import diffusion_noise
 
 from halluremedy.data.conversation import ConversationEncoder
 from halluremedy.data.images import ImageBank
@@ -58,16 +54,15 @@ from halluremedy.models.packed import (
     llava_parts,
     pack_groups,
     response_rows,
-    rows_argmax,
     score_response_rows,
 )
 from halluremedy.train.distributed import all_reduce_sum, barrier, current_shard
 from halluremedy.train.loop import LoopConfig, train_loop
 from halluremedy.train.losses import PairLogps, dpo_objective, nll_term, povid_stage2_loss
+from halluremedy.train.povid import NOISE_POSITION_RULES, channel_stats, noise_argmax, noise_column, noised_images
 from halluremedy.train.sft import EpochSampler
 
 ReferenceMode = Literal["adapter", "copy", "precomputed"]
-NOISE_POSITION_RULES = ("seen", "novel", "present")
 
 
 @dataclass(frozen=True)
@@ -208,35 +203,6 @@ class PreferenceBatches:
                                torch.tensor(chosen_rows, dtype=torch.long))
 
 
-def noised_pixels(bank: ImageBank, images01: torch.Tensor, keys: Sequence[int], step: int) -> torch.Tensor:
-    """(B, C, H, W) normalised noised images; image b's noise is a pure function of ``keys[b]``
-    (so it does not depend on batch composition), fused with the CLIP normalisation."""
-    mean, std = _channel_stats(bank)
-    return torch.cat([diffusion_noise(images01[b:b + 1], step, seed=int(keys[b]), mean=mean, std=std)
-                      for b in range(images01.shape[0])])
-
-
-_STATS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _channel_stats(bank: ImageBank) -> tuple[list[float], list[float]]:
-    """The bank's CLIP mean and std as Python lists, read off its (CPU) tensors once per bank."""
-    if bank not in _STATS:
-        _STATS[bank] = (bank.mean.flatten().tolist(), bank.std.flatten().tolist())
-    return _STATS[bank]
-
-
-def noise_seed(seed: int, epoch: int, record: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, record]).generate_state(1)[0])
-
-
-@torch.no_grad()
-def noise_argmax(model: torch.nn.Module, chosen_only: PackedBatch, noised: torch.Tensor | StepImages) -> torch.Tensor:
-    """(N_chosen,) argmax token at every y+ position under the noised image (teacher-forced on y+)."""
-    packed = chosen_only.to(noised.device)
-    return rows_argmax(model, response_rows(model, packed, noised))
-
-
 class Reference:
     """Where reference log-probs come from. ``scope(policy)`` yields the module to run as reference."""
 
@@ -269,53 +235,37 @@ class StepLogps:
 
 def score_batch(model: torch.nn.Module, batch: PreferenceBatch, clean: torch.Tensor | StepImages,
                 argmax_tokens: torch.Tensor | None, *, rules: frozenset[str] = frozenset()) -> StepLogps:
-    """Every response's log-prob on the clean images, plus (``argmax_tokens``, the noised argmax at
-    the y+ positions) the noise column. ``rules`` (see ``PreferenceObjective.noise_positions``):
-    a y+ position where one fails scores the y+ token instead, so it cancels; "seen" reads the
-    clean-image argmax off this same forward's rows. No host sync (index tensors, not masks)."""
+    """Every response's log-prob on the (B, C, H, W) clean images, plus (``argmax_tokens``: (N_chosen,)
+    a_t, the noised argmax at the y+ positions) the noise column, kept where ``rules`` hold
+    (:func:`~halluremedy.train.povid.noise_column`). No host sync (index tensors, not masks)."""
     device = clean.device
     scored = batch.scored.to(device)
-    rows = response_rows(model, scored, clean)
-    extra = None
+    rows = response_rows(model, scored, clean)                                     # (N, D)
+    column = None
     if argmax_tokens is not None:
         if batch.chosen_rows is None:
             raise ValueError("a PreferenceBatch without chosen_rows (build it with PreferenceBatches.make_batch)")
-        extra = torch.full_like(scored.targets, -1)
-        chosen = batch.chosen_rows.to(device, non_blocking=True)                   # (N_chosen,)
-        truth, argmax_tokens = scored.targets.index_select(0, chosen), argmax_tokens.to(extra.device)
-        keep = torch.ones_like(truth, dtype=torch.bool)
-        if "seen" in rules:
-            keep &= rows_argmax(model, rows.index_select(0, chosen).detach()) == truth
-        response = scored.token_response.index_select(0, chosen)
-        vocab = llava_parts(model)[1].weight.shape[0]
-        if "novel" in rules:
-            keep &= ~occurs_in_response(argmax_tokens, response, truth, response, width=vocab)
-        if "present" in rules:
-            table = batch.present.to(truth.device)
-            keep &= ~occurs_in_response(argmax_tokens, response, table[:, 1], table[:, 0], width=vocab)
-        extra = extra.index_copy(0, chosen, torch.where(keep, argmax_tokens, truth))
-    out = score_response_rows(model, scored, rows, extra_targets=extra)
+        column = noise_column(model, scored, batch.chosen_rows.to(device, non_blocking=True), rows, argmax_tokens,
+                              batch.present, rules)
+    out = score_response_rows(model, scored, rows, extra_targets=column)
     return StepLogps(out.summed, out.lengths.to(out.summed.device), out.extra_summed)
 
 
-def occurs_in_response(tokens: torch.Tensor, response: torch.Tensor, table_tokens: torch.Tensor,
-                       table_response: torch.Tensor, width: int | None = None) -> torch.Tensor:
-    """(N,) bool: ``tokens[i]`` is listed for its own response ``response[i]`` in the table of
-    (M,) ``table_tokens`` / ``table_response`` pairs. ``width``: a bound on every token id (the
-    vocabulary size); None reads the largest one off the tensors (a host sync on a GPU)."""
-    if table_tokens.numel() == 0:
-        return torch.zeros_like(tokens, dtype=torch.bool)
-    if width is None:
-        width = int(torch.maximum(tokens.max(), table_tokens.max())) + 1
-    return torch.isin(response * width + tokens, table_response * width + table_tokens)
+def model_logps(model: torch.nn.Module, batch: PreferenceBatch, clean: torch.Tensor | StepImages,
+                noised: torch.Tensor | StepImages | None, *, rules: frozenset[str] = frozenset()) -> StepLogps:
+    """One model's part of a step: with ``noised`` (stage 2, (B, C, H, W)) its argmax a_t at every y+
+    position under the noised images (no grad), then one scoring forward of every response on the
+    clean images, a_t as the second target column. Grad flows as the caller's mode allows."""
+    argmax = noise_argmax(model, batch.chosen_only, noised) if noised is not None else None
+    return score_batch(model, batch, clean, argmax, rules=rules)
 
 
 def reference_logps(policy: torch.nn.Module, reference: Reference, batch: PreferenceBatch,
                     clean: torch.Tensor | StepImages, noised: torch.Tensor | StepImages | None, *,
                     rules: frozenset[str] = frozenset()) -> StepLogps:
+    """The reference model's :func:`model_logps`, without grad."""
     with torch.no_grad(), reference.scope(policy) as ref:
-        argmax = noise_argmax(ref, batch.chosen_only, noised) if noised is not None else None
-        return score_batch(ref, batch, clean, argmax, rules=rules)
+        return model_logps(ref, batch, clean, noised, rules=rules)
 
 
 def preference_loss(objective: PreferenceObjective, batch: PreferenceBatch, pol: StepLogps, ref: StepLogps
@@ -357,8 +307,7 @@ def preference_step(policy: torch.nn.Module, reference: Reference, objective: Pr
     rules = objective.noise_position_rules
     if ref is None:
         ref = reference_logps(policy, reference, batch, clean, noised, rules=rules)
-    argmax = noise_argmax(policy, batch.chosen_only, noised) if noised is not None else None
-    pol = score_batch(policy, batch, clean, argmax, rules=rules)
+    pol = model_logps(policy, batch, clean, noised, rules=rules)
     return preference_loss(objective, batch, pol, ref)
 
 
@@ -388,17 +337,16 @@ def precompute_reference(model: torch.nn.Module, batches: PreferenceBatches, obj
             batch = batches.make_batch(rows)
             images01 = batches.bank.get01(batch.files).to(device)
             clean = batches.bank.normalize(images01).to(model.dtype)
-            logps = score_batch(model, batch, clean, None)
+            logps = model_logps(model, batch, clean, None)
             chosen[rows] = logps.summed[batch.chosen_index].cpu()
             rejected[rows] = float("nan")  # padding where a record has fewer than k_max rejected answers
             for pos, (c, r) in zip(_pair_rows(batch), batch.pairs.tolist()):
                 rejected[rows[pos], r - c - 1] = logps.summed[r].cpu()
             for epoch in range(noise.shape[0]):
-                keys = [noise_seed(seed, epoch, r) for r in rows]
-                noised = noised_pixels(batches.bank, images01, keys, objective.noise_step).to(model.dtype)
-                argmax = noise_argmax(model, batch.chosen_only, noised)
-                noise[epoch, rows] = score_batch(model, batch, clean, argmax,
-                                                 rules=objective.noise_position_rules).noise[batch.chosen_index].cpu()
+                noised = noised_images(batches.bank, images01, rows, seed=seed, epoch=epoch,
+                                       step=objective.noise_step).to(model.dtype)
+                logps = model_logps(model, batch, clean, noised, rules=objective.noise_position_rules)
+                noise[epoch, rows] = logps.noise[batch.chosen_index].cpu()
     tensors = {"chosen": all_reduce_sum(chosen), "rejected": all_reduce_sum(rejected), "noise": all_reduce_sum(noise)}
     meta = {"seed": str(seed), "stage": str(objective.stage), "records": str(n), "epochs": str(epochs),
             "noise_step": str(objective.noise_step), "noise_positions": objective.noise_positions}
@@ -452,8 +400,8 @@ def train_preference(policy: torch.nn.Module, batches: PreferenceBatches, object
         clean = batches.bank.normalize(images01).to(policy.dtype)
         noised = None
         if objective.stage == 2:
-            keys = [noise_seed(seed, epoch, r) for r in batch.records]
-            noised = noised_pixels(batches.bank, images01, keys, objective.noise_step).to(policy.dtype)
+            noised = noised_images(batches.bank, images01, batch.records, seed=seed, epoch=epoch,
+                                   step=objective.noise_step).to(policy.dtype)
         loss, metrics = preference_step(policy, reference, objective, batch, clean, noised, ref)
         metrics["batch"] = f"micro-batch {index}, records {batch.records}"
         return loss, metrics
@@ -475,7 +423,7 @@ def load_micro_batch(batches: PreferenceBatches, index: int, reference: Referenc
         ref = cached_reference(reference.cache, batch, epoch, batch.scored.num_responses)
         ref = StepLogps(ref.summed.to(device), ref.lengths, None if ref.noise is None else ref.noise.to(device))
     images01 = batches.bank.get01(batch.files).to(device, non_blocking=True)
-    _channel_stats(batches.bank)  # read once, here: noised_pixels needs them as Python floats
+    channel_stats(batches.bank)  # read once, here: the noise needs them as Python floats
     batch = batch.to(device)
     for packed in (batch.scored, batch.chosen_only):
         packed.image_rows(batches.image_token_id)

@@ -1,175 +1,119 @@
-"""Tuning stages as reusable steps, each from a model directory to a merged model directory: a POVID
-preference stage, LoRA SFT on conversations, and the continued-SFT control with the same data and
-budget as a preference run."""
+"""POVID's stage 2 (arXiv 2402.11411): the rejected answer of its noise term, assembled in one place.
+
+L_noise is a sigmoid DPO loss whose "chosen" score is the ground truth y+ and whose "rejected"
+score, per y+ position t (teacher-forced on y+), is the token the model would say there with the
+image noised, scored under the clean image:
+
+    a_t = argmax_v pi(v | noised image, y+_<t)       (no gradient)
+    rejected = sum_t log pi(a_t | clean image, y+_<t)
+
+Each model (policy and reference) takes its own argmax. A step assembles it in three parts, each a
+function here, called by :func:`halluremedy.train.dpo.model_logps`:
+
+1. the noised images (:func:`noised_images`): forward diffusion x_k = sqrt(abar_k) x0 +
+   sqrt(1 - abar_k) eps on the [0, 1] image (``vlm_kernels.diffusion_noise``, k = ``noise_step``),
+   fused with the CLIP normalisation; image b's eps is a pure function of (seed, epoch, record), so
+   it is fresh every epoch and does not depend on which records share its batch;
+2. the argmax (:func:`noise_argmax`): one no-grad packed ``[P | y+]`` forward on the noised images,
+   ``vlm_kernels.linear_argmax`` on the y+ rows (no (N, V) logits);
+3. the position rules (:func:`noise_column`): ``noise_positions`` may keep a_t at only some y+
+   positions; elsewhere a_t := y+_t, so the position cancels between chosen and rejected. "seen":
+   the clean-image argmax is the y+ token; "novel": a_t occurs nowhere in y+; "present": a_t is no
+   token of a word naming a class present in the image. Rules combine, all must hold.
+
+The column then rides as a second target of the scoring forward's ``linear_logprob`` call, so the
+rejected score costs no forward of its own.
+
+Shapes: B records per micro-batch; N rows of the scored pack ``[P | y+ | y-_1 .. y-_k]`` that
+predict a response token; N_chosen of them predict a y+ token; V the vocabulary.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
+import weakref
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
 
+import numpy as np
 import torch
+from vlm_kernels import diffusion_noise
 
-from halluremedy.data.coco import CocoDataset, write_json_atomic
-from halluremedy.data.conversation import Conversation, ConversationEncoder, Turn
 from halluremedy.data.images import ImageBank
-from halluremedy.data.preference import PreferenceRecord
-from halluremedy.eval.run import object_vocabulary
-from halluremedy.models.fused import apply_liger, compile_decoder
-from halluremedy.models.llava import image_seq_length, load_model
-from halluremedy.models.lora import add_lora, merge_lora
-from halluremedy.train.distributed import current_shard, save_model_on_main
-from halluremedy.train.dpo import (
-    PreferenceBatches,
-    PreferenceObjective,
-    Reference,
-    load_reference_cache,
-    precompute_reference,
-    train_preference,
-)
-from halluremedy.train.loop import LoopConfig, check_resume_settings, plot_metrics
-from halluremedy.train.sft import SupervisedBatches, train_sft
+from halluremedy.models.packed import PackedBatch, StepImages, llava_parts, response_rows, rows_argmax
+
+NOISE_POSITION_RULES = ("seen", "novel", "present")
 
 
-@dataclass(frozen=True)
-class TuningSpec:
-    """How the model is adapted and optimised in one stage (POVID: LoRA r128/a256/d0.05)."""
-
-    steps: int = 200
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 1e-4
-    warmup_ratio: float = 0.03
-    lora: bool = True
-    lora_r: int = 128
-    lora_alpha: int = 256
-    lora_dropout: float = 0.05
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    # Fused decoder kernels on CUDA (halluremedy.models.fused): "" (plain torch), or a comma-joined
-    # subset of DECODER_KERNELS: "liger" (Liger's RMSNorm / SwiGLU / RoPE), "compile" (torch.compile
-    # per decoder layer). The same function, faster; bench/gpu_check.py measures each.
-    decoder_kernels: str = ""
-
-    def loop(self) -> LoopConfig:
-        return LoopConfig(steps=self.steps, lr=self.lr, warmup_ratio=self.warmup_ratio, grad_accum=self.grad_accum,
-                          log_every=max(1, self.steps // 50), save_every=max(1, self.steps // 4))
+def noise_seed(seed: int, epoch: int, record: int) -> int:
+    """The noise seed of dataset record ``record`` in ``epoch`` of a run seeded ``seed``."""
+    return int(np.random.SeedSequence([seed, epoch, record]).generate_state(1)[0])
 
 
-def _prepare(model_dir: str | os.PathLike, dataset: CocoDataset, spec: TuningSpec, device: str):
-    model, processor = load_model(model_dir, device=device)
-    if spec.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    bank = ImageBank(dataset, processor.image_processor)
-    encoder = ConversationEncoder(processor.tokenizer, image_seq_length(model),
-                                  max_length=model.config.text_config.max_position_embeddings)
-    torch.manual_seed(spec.seed)
-    kernels = [k for k in spec.decoder_kernels.split(",") if k]
-    if "liger" in kernels:
-        apply_liger(model)
-    if spec.lora:
-        model = add_lora(model, spec.lora_r, spec.lora_alpha, spec.lora_dropout)
-    if "compile" in kernels:  # after the adapters: each compiled layer holds its LoRA linears
-        compile_decoder(model)
-    return model, processor, bank, encoder
+def noised_pixels(bank: ImageBank, images01: torch.Tensor, keys: Sequence[int], step: int) -> torch.Tensor:
+    """(B, C, H, W) normalised noised images from (B, C, H, W) [0, 1] ``images01``; image b's noise is
+    a pure function of ``keys[b]``, fused with the CLIP normalisation."""
+    mean, std = channel_stats(bank)
+    return torch.cat([diffusion_noise(images01[b:b + 1], step, seed=int(keys[b]), mean=mean, std=std)
+                      for b in range(images01.shape[0])])
 
 
-def stage_settings(spec: TuningSpec, records: Sequence[Any], **extra: Any) -> dict[str, Any]:
-    """What defines a stage's result: the tuning, the training records (count and content digest) and
-    ``extra`` (objective, starting model, ...). Stored as ``OUT/recipe.json`` and compared on resume."""
-    digest = hashlib.sha256(json.dumps([asdict(r) for r in records], sort_keys=True).encode()).hexdigest()[:16]
-    return {"tuning": asdict(spec), "records": len(records), "records_sha256": digest, **extra}
+def noised_images(bank: ImageBank, images01: torch.Tensor, records: Sequence[int], *, seed: int, epoch: int,
+                  step: int) -> torch.Tensor:
+    """(B, C, H, W) normalised noised images of dataset records ``records`` (B,) in ``epoch``: what the
+    training step and the reference precompute both see."""
+    return noised_pixels(bank, images01, [noise_seed(seed, epoch, r) for r in records], step)
 
 
-def _finished(out_dir: Path, settings: dict[str, Any], resume: bool, allow_changes: bool) -> bool:
-    """True when ``resume`` finds the stage's model already made with ``settings`` (refused if made
-    with others, unless ``allow_changes``)."""
-    if not (resume and (out_dir / "model" / "config.json").exists()):
-        return False
-    check_resume_settings(out_dir, settings, allow_changes, stored_name="recipe.json")
-    return True
+_STATS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _finish(model, processor, out_dir: Path, spec: TuningSpec, keys: list[str], settings: dict[str, Any]) -> Path:
-    """Merge the adapters and save ``OUT/model`` (rank 0, with an FSDP-sharded model's weights
-    gathered from every rank; the other ranks wait for it)."""
-    save_model_on_main(merge_lora(model) if spec.lora else model, processor, out_dir / "model")
-    if current_shard().is_main:
-        plot_metrics(out_dir, keys)
-        write_json_atomic(out_dir / "recipe.json", settings, indent=2)
-    return out_dir / "model"
+def channel_stats(bank: ImageBank) -> tuple[list[float], list[float]]:
+    """The bank's CLIP mean and std as Python lists, read off its (CPU) tensors once per bank."""
+    if bank not in _STATS:
+        _STATS[bank] = (bank.mean.flatten().tolist(), bank.std.flatten().tolist())
+    return _STATS[bank]
 
 
-def present_words(dataset: CocoDataset) -> dict[str, list[str]]:
-    """Image file name -> every surface phrase that CHAIR reads as a class annotated in it (the
-    dataset's synonym table, or the built-in COCO one)."""
-    vocab = object_vocabulary(dataset)
-    return {im.file_name: sorted({w for o in im.objects for w in vocab.surface_forms(o.category)})
-            for im in dataset.images}
+@torch.no_grad()
+def noise_argmax(model: torch.nn.Module, chosen_only: PackedBatch, noised: torch.Tensor | StepImages) -> torch.Tensor:
+    """(N_chosen,) long: a_t, the argmax token at every y+ position under the (B, C, H, W) noised
+    images, teacher-forced on y+; ``chosen_only`` is the pack of ``[P_b | y+_b]``."""
+    packed = chosen_only.to(noised.device)
+    return rows_argmax(model, response_rows(model, packed, noised))
 
 
-def run_preference_stage(model_dir: str | os.PathLike, records: list[PreferenceRecord], dataset: CocoDataset,
-                         out_dir: str | os.PathLike, objective: PreferenceObjective, spec: TuningSpec, *,
-                         reference: str = "adapter", device: str = "cpu", resume: bool = False,
-                         allow_changes: bool = False) -> Path:
-    """Train one DPO/POVID stage from ``model_dir``; returns ``OUT/model`` (adapters merged, HF layout).
+def noise_column(model: torch.nn.Module, scored: PackedBatch, chosen_rows: torch.Tensor, rows: torch.Tensor,
+                 argmax_tokens: torch.Tensor, present: torch.Tensor, rules: frozenset[str]) -> torch.Tensor:
+    """(N,) long, the second target column of the scoring forward: a_t at the y+ rows where every rule
+    holds, y+_t at the other y+ rows (so they cancel), -1 (not scored) off y+.
 
-    ``resume``: reuse a finished stage, continue an interrupted one; both only when made with the same
-    settings (``OUT/recipe.json``, ``OUT/settings.json``), unless ``allow_changes``."""
-    out_dir = Path(out_dir)
-    settings = stage_settings(spec, records, objective=asdict(objective), reference=reference, **{"from": str(model_dir)})
-    if _finished(out_dir, settings, resume, allow_changes):
-        return out_dir / "model"
-    model, processor, bank, encoder = _prepare(model_dir, dataset, spec, device)
-    if reference == "adapter" and not spec.lora:
-        raise ValueError("reference='adapter' needs LoRA; use 'copy' or 'precomputed' for a full fine-tune")
-    needs_words = "present" in objective.noise_position_rules  # only that rule reads them
-    batches = PreferenceBatches(records, encoder, bank, spec.batch_size, spec.seed,
-                                present_words=present_words(dataset) if needs_words else None)
-    ref = Reference(reference, model)
-    if reference == "precomputed":
-        epochs = -(-spec.steps * spec.grad_accum * spec.batch_size * current_shard().world // len(records))
-        path = out_dir / "reference_logps.safetensors"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if resume and path.exists():
-            ref.cache = load_reference_cache(path, seed=spec.seed, stage=objective.stage, records=len(records),
-                                             noise_positions=objective.noise_positions)
-        else:
-            scope = model.disable_adapter() if spec.lora else contextlib.nullcontext()
-            with scope:
-                ref.cache = precompute_reference(model, batches, objective, epochs, spec.seed, path)
-    train_preference(model, batches, objective, ref, spec.loop(), out_dir, seed=spec.seed, resume=resume,
-                     allow_changes=allow_changes, settings=settings)
-    keys = ["loss", "rewards/accuracy", "rewards/margin"] if objective.stage == 1 else \
-        ["loss", "text/rewards/margin", "noise/rewards/margin", "text/rewards/accuracy", "noise/rewards/accuracy"]
-    return _finish(model, processor, out_dir, spec, keys + ["lr"], settings)
+    scored: the pack of ``[P_b | y+_b | y-_b1 ..]``; chosen_rows: (N_chosen,) long, its y+ rows (in
+    ``[P_b | y+_b]`` order); rows: (N, D) the scoring forward's response rows (rule "seen" reads the
+    clean-image argmax off them, detached: no extra forward); argmax_tokens: (N_chosen,) long, a_t;
+    present: (M, 2) long, (y+ response, token) of every token of a word naming a class present in that
+    record's image (rule "present"). Index tensors only, no host sync."""
+    column = torch.full_like(scored.targets, -1)                                  # (N,)
+    truth = scored.targets.index_select(0, chosen_rows)                           # (N_chosen,)
+    argmax_tokens = argmax_tokens.to(column.device)
+    keep = torch.ones_like(truth, dtype=torch.bool)
+    if "seen" in rules:
+        keep &= rows_argmax(model, rows.index_select(0, chosen_rows).detach()) == truth
+    response = scored.token_response.index_select(0, chosen_rows)                 # (N_chosen,)
+    vocab = llava_parts(model)[1].weight.shape[0]
+    if "novel" in rules:
+        keep &= ~occurs_in_response(argmax_tokens, response, truth, response, width=vocab)
+    if "present" in rules:
+        table = present.to(truth.device)
+        keep &= ~occurs_in_response(argmax_tokens, response, table[:, 1], table[:, 0], width=vocab)
+    return column.index_copy(0, chosen_rows, torch.where(keep, argmax_tokens, truth))
 
 
-def run_conversation_sft(model_dir: str | os.PathLike, conversations: Sequence[Conversation], dataset: CocoDataset,
-                         out_dir: str | os.PathLike, spec: TuningSpec, *, device: str = "cpu", resume: bool = False,
-                         allow_changes: bool = False, tag: str = "conversations") -> Path:
-    """``spec.steps`` steps of next-token loss on assistant turns from ``model_dir``; returns
-    ``OUT/model`` (adapters merged, HF layout). ``tag`` is recorded in ``OUT/recipe.json``;
-    ``resume`` / ``allow_changes`` as in :func:`run_preference_stage`."""
-    out_dir = Path(out_dir)
-    settings = stage_settings(spec, conversations, sft=tag, **{"from": str(model_dir)})
-    if _finished(out_dir, settings, resume, allow_changes):
-        return out_dir / "model"
-    model, processor, bank, encoder = _prepare(model_dir, dataset, spec, device)
-    batches = SupervisedBatches(list(conversations), encoder, bank, spec.batch_size, spec.seed)
-    train_sft(model, batches, spec.loop(), out_dir, resume=resume, allow_changes=allow_changes, settings=settings)
-    return _finish(model, processor, out_dir, spec, ["loss", "lr"], settings)
-
-
-def run_sft_control(model_dir: str | os.PathLike, records: list[PreferenceRecord], dataset: CocoDataset,
-                    out_dir: str | os.PathLike, spec: TuningSpec, *, device: str = "cpu", resume: bool = False,
-                    allow_changes: bool = False) -> Path:
-    """The control every remedy must beat: continued SFT on the chosen answers, same data and budget."""
-    conversations = [Conversation(r.image, (Turn(r.prompt, r.chosen),), r.id) for r in records]
-    return run_conversation_sft(model_dir, conversations, dataset, out_dir, spec, device=device, resume=resume,
-                                allow_changes=allow_changes, tag="control: sft-on-chosen")
+def occurs_in_response(tokens: torch.Tensor, response: torch.Tensor, table_tokens: torch.Tensor,
+                       table_response: torch.Tensor, width: int | None = None) -> torch.Tensor:
+    """(N,) bool: ``tokens[i]`` is listed for its own response ``response[i]`` in the table of
+    (M,) ``table_tokens`` / ``table_response`` pairs. ``width``: a bound on every token id (the
+    vocabulary size); None reads the largest one off the tensors (a host sync on a GPU)."""
+    if table_tokens.numel() == 0:
+        return torch.zeros_like(tokens, dtype=torch.bool)
+    if width is None:
+        width = int(torch.maximum(tokens.max(), table_tokens.max())) + 1
+    return torch.isin(response * width + tokens, table_response * width + table_tokens)

@@ -15,7 +15,7 @@ from halluremedy.data.preference import load_preferences
 from halluremedy.train import loop
 from halluremedy.train.distributed import init_data_parallel
 from halluremedy.train.dpo import PreferenceObjective
-from halluremedy.train.povid import TuningSpec, run_preference_stage, run_sft_control
+from halluremedy.train.stages import TuningSpec, run_preference_stage, run_sft_control
 
 
 def die_after_save(k: int) -> None:

@@ -11,7 +11,7 @@ import torch
 from halluremedy.data.conversation import Conversation, Turn
 from halluremedy.models.llava import load_model, save_model
 from halluremedy.train.loop import ResumeMismatch
-from halluremedy.train.povid import TuningSpec, run_conversation_sft
+from halluremedy.train.stages import TuningSpec, run_conversation_sft
 
 
 def test_run_conversation_sft_trains_merges_and_resumes(tiny_coco, tiny_llava_factory, tmp_path):

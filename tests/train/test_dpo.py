@@ -1,4 +1,4 @@
-"""DPO / POVID steps on the packed forward, against plain full-logit transcriptions."""
+"""DPO / POVID steps on the packed forward, against plain full-logit transcriptions in float64."""
 
 import math
 
@@ -8,6 +8,7 @@ from helpers import tiny_preference_records
 
 from halluremedy.data.conversation import ConversationEncoder
 from halluremedy.data.images import ImageBank
+from halluremedy.eval.run import present_words
 from halluremedy.models.llava import save_model
 from halluremedy.models.lora import add_lora
 from halluremedy.train.dpo import (
@@ -15,15 +16,13 @@ from halluremedy.train.dpo import (
     PreferenceObjective,
     Reference,
     cached_reference,
-    noise_argmax,
-    noise_seed,
-    noised_pixels,
     precompute_reference,
-    preference_loss,
+    preference_step,
     reference_logps,
     score_batch,
 )
-from halluremedy.train.povid import TuningSpec, present_words, run_preference_stage
+from halluremedy.train.povid import noise_argmax, noised_images
+from halluremedy.train.stages import TuningSpec, run_preference_stage
 
 PROMPT = "Describe this image."
 
@@ -58,7 +57,7 @@ def test_scores_and_noise_argmax_match_full_logit_transcription(setup, tiny_coco
     bank = batches.bank
     images01 = bank.get01(batch.files)
     clean = bank.normalize(images01)
-    noised = noised_pixels(bank, images01, [noise_seed(0, 0, r) for r in batch.records], 500)
+    noised = noised_images(bank, images01, batch.records, seed=0, epoch=0, step=500)
     with torch.no_grad():
         argmax = noise_argmax(model, batch.chosen_only, noised)
         got = score_batch(model, batch, clean, argmax)
@@ -122,12 +121,16 @@ def test_present_rule_needs_present_words(tiny_coco, tiny_llava_factory):
         PreferenceObjective(stage=2, noise_positions="novel,present").check_batches(batches)
 
 
-def test_preference_stage_gives_the_present_rule_its_words(tiny_coco, tiny_llava_factory, tmp_path):
+def test_preference_stage_passes_the_present_rule_its_words(tiny_coco, tiny_llava_factory, tmp_path):
     model, processor = tiny_llava_factory(5)
     save_model(model, processor, tmp_path / "base")
     spec = TuningSpec(steps=1, batch_size=3, lora_r=4, lora_alpha=8)
     objective = PreferenceObjective(stage=2, noise_positions="seen,novel,present")
-    out = run_preference_stage(tmp_path / "base", tiny_preference_records(tiny_coco), tiny_coco, tmp_path / "stage2", objective, spec)
+    records = tiny_preference_records(tiny_coco)
+    with pytest.raises(ValueError, match="present_words"):
+        run_preference_stage(tmp_path / "base", records, tiny_coco, tmp_path / "refused", objective, spec)
+    out = run_preference_stage(tmp_path / "base", records, tiny_coco, tmp_path / "stage2", objective, spec,
+                               present_words=present_words(tiny_coco))
     assert (out / "model.safetensors").exists()
 
 
@@ -148,11 +151,9 @@ def test_lora_at_init_gives_log2_and_cache_matches_live_reference(setup, stage, 
     clean = batches.bank.normalize(images01)
     noised = None
     if stage == 2:
-        noised = noised_pixels(batches.bank, images01, [noise_seed(7, 0, r) for r in batch.records], 500)
+        noised = noised_images(batches.bank, images01, batch.records, seed=7, epoch=0, step=500)
     ref = reference_logps(policy, reference, batch, clean, noised, rules=objective.noise_position_rules)
-    argmax = noise_argmax(policy, batch.chosen_only, noised) if noised is not None else None
-    pol = score_batch(policy, batch, clean, argmax, rules=objective.noise_position_rules)
-    loss, metrics = preference_loss(objective, batch, pol, ref)
+    loss, metrics = preference_step(policy, reference, objective, batch, clean, noised)
     # LoRA B = 0: policy == reference, every margin is 0, each sigmoid DPO term is log 2
     assert loss.item() == pytest.approx(math.log(2), abs=1e-5)
     loss.backward()
@@ -165,3 +166,74 @@ def test_lora_at_init_gives_log2_and_cache_matches_live_reference(setup, stage, 
     torch.testing.assert_close(cached.summed, ref.summed, atol=1e-4, rtol=0)
     if stage == 2:
         torch.testing.assert_close(cached.noise[batch.chosen_index], ref.noise[batch.chosen_index], atol=1e-4, rtol=0)
+
+
+def _transcribed_logps(model, encoder, bank, record, clean, noised, rules, present):
+    """One model's sums for one record, by plain full-logit forwards in float64: y+, every y-, and
+    (``noised``) the noise column with POVID's position rules, written out position by position."""
+    logp, chosen = _full_logprobs(model, encoder, bank, record, record.chosen, clean)
+    rejected = []
+    for answer in record.rejected:
+        logp_r, resp_r = _full_logprobs(model, encoder, bank, record, answer, clean)
+        rejected.append(logp_r.gather(1, resp_r[:, None]).sum())
+    noise = None
+    if noised is not None:
+        with torch.no_grad():
+            a = _full_logprobs(model, encoder, bank, record, record.chosen, noised)[0].argmax(-1)
+            keep = torch.ones(len(chosen), dtype=torch.bool)
+            if "seen" in rules:
+                keep &= logp.argmax(-1) == chosen
+            if "novel" in rules:
+                keep &= torch.tensor([int(t) not in set(chosen.tolist()) for t in a])
+            if "present" in rules:
+                keep &= torch.tensor([int(t) not in present for t in a])
+        noise = logp.gather(1, torch.where(keep, a, chosen)[:, None]).sum()
+    return logp.gather(1, chosen[:, None]).sum(), rejected, noise, len(chosen)
+
+
+@pytest.mark.parametrize(("stage", "positions", "nll_alpha"),
+                         [(1, "all", 0.0), (1, "all", 0.7), (2, "all", 0.0), (2, "seen", 0.0), (2, "novel", 0.3),
+                          (2, "seen,novel,present", 0.0)])
+def test_preference_step_matches_float64_transcription(setup, tiny_coco, stage, positions, nll_alpha):
+    """The one step (reference, policy, loss) against a float64 transcription of POVID's formulas,
+    loss and every LoRA gradient, on random adapters: 3 records of odd lengths, 1 or 2 rejected each."""
+    model, all_records, encoder, batches = setup
+    torch.manual_seed(3)
+    policy = add_lora(model, r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    objective = PreferenceObjective(stage=stage, beta=0.1, nll_alpha=nll_alpha, noise_positions=positions)
+    batch = batches.batch(0)
+    bank = batches.bank
+    images01 = bank.get01(batch.files)
+    clean = bank.normalize(images01)
+    noised = noised_images(bank, images01, batch.records, seed=7, epoch=0, step=500) if stage == 2 else None
+    loss, _ = preference_step(policy, Reference("adapter"), objective, batch, clean, noised)
+    loss.backward()
+    got = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+    policy.zero_grad()
+
+    words = present_words(tiny_coco)
+    rules, beta = objective.noise_position_rules, objective.beta
+    losses = []
+    for b, row in enumerate(batch.records):
+        rec = all_records[row]
+        present = {t for w in words[rec.image] for t in encoder.response_ids(w)[:-1]}
+        images = (clean[b:b + 1], None if noised is None else noised[b:b + 1])
+        pc, prs, pn, length = _transcribed_logps(policy, encoder, bank, rec, *images, rules, present)
+        with torch.no_grad(), policy.disable_adapter():
+            rc, rrs, rn, _ = _transcribed_logps(policy, encoder, bank, rec, *images, rules, present)
+        for pr, rr in zip(prs, rrs):
+            pair = -torch.nn.functional.logsigmoid(beta * ((pc - rc) - (pr - rr)))
+            if stage == 2:
+                noise = -torch.nn.functional.logsigmoid(beta * ((pc - rc) - (pn - rn)))
+                pair = objective.weight_text * pair + objective.weight_noise * noise
+            losses.append(pair + nll_alpha * -pc / length)
+    want = torch.stack(losses).mean()
+    assert loss.item() == pytest.approx(want.item(), abs=1e-5)
+    want.backward()
+    assert got and got.keys() == {n for n, p in policy.named_parameters() if p.grad is not None}
+    for name, grad in got.items():
+        torch.testing.assert_close(grad, policy.get_parameter(name).grad.float(), atol=1e-5, rtol=1e-4, msg=name)

@@ -9,12 +9,12 @@ from helpers import tiny_preference_records
 
 from halluremedy.data.conversation import ConversationEncoder
 from halluremedy.data.images import ImageBank
+from halluremedy.eval.run import present_words
 from halluremedy.models.lora import add_lora
 from halluremedy.train import dpo, loop
 from halluremedy.train.dpo import PreferenceBatches, PreferenceObjective, Reference, train_preference
 from halluremedy.train.host_syncs import SyncCounter, paused
 from halluremedy.train.loop import LoopConfig
-from halluremedy.train.povid import present_words
 
 
 def test_counter_sees_every_kind_of_read():
