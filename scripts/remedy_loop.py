@@ -48,11 +48,7 @@ from pathlib import Path
 from halluremedy.config import check, check_choice, check_device, check_range, check_subset, option, parse_config
 from halluremedy.data.coco import CocoDataset, write_json_atomic
 from halluremedy.data.preference import write_preferences
-from halluremedy.data.reflective import (
-    reflective_conversations,
-    scene_reflective_records,
-    write_reflective,
-)
+from halluremedy.data.reflective import reflective_conversations, write_reflective
 from halluremedy.data.scenes import CLASSES, SceneConfig, make_dataset
 from halluremedy.diagnose import (
     Diagnosis,
@@ -65,6 +61,7 @@ from halluremedy.errors import ConfigError, run_main
 from halluremedy.eval.chair import class_row
 from halluremedy.eval.run import EvalConfig, check_evaluation, evaluate, summary_row
 from halluremedy.eval.seeds import caption_flags, paired_chair_s
+from halluremedy.generate.reflective import scene_reflective_records
 from halluremedy.generate.targeted import (
     CLASS_SCORES,
     PAIR_EDITS,

@@ -9,7 +9,7 @@
   loop's before/after report over seeds);
 
 The closed loop is ``scripts/remedy_loop.py``; the data it trains on comes from
-:mod:`halluremedy.generate.targeted` and :mod:`halluremedy.data.reflective`.
+:mod:`halluremedy.generate.targeted` and :mod:`halluremedy.generate.reflective`.
 """
 
 from halluremedy.diagnose.probes import (

@@ -193,7 +193,7 @@ class InstructionMix:
 @dataclass(frozen=True)
 class GroundedQuestion:
     """A question about an image with its answer, and the facts that make the answer true (which
-    :mod:`halluremedy.data.reflective` turns into rationales)."""
+    :mod:`halluremedy.generate.reflective` turns into rationales)."""
 
     id: str
     kind: QuestionKind

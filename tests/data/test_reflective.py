@@ -1,4 +1,4 @@
-"""REVERIE reflective records: format, layouts, assistant-only labels, scene rationales, the SFT loop."""
+"""REVERIE reflective records: format, layouts, assistant-only labels (data/), scene rationales (generate/), the SFT loop."""
 
 from __future__ import annotations
 
@@ -10,17 +10,14 @@ import torch
 from halluremedy.data.coco import DatasetError
 from halluremedy.data.conversation import IGNORE_INDEX, ConversationEncoder
 from halluremedy.data.images import ImageBank
-from halluremedy.data.reflective import (
+from halluremedy.data.reflective import ReflectiveRecord, load_reflective, reflective_conversations, write_reflective
+from halluremedy.data.scenes import make_dataset
+from halluremedy.generate.reflective import (
     REFLECTIVE_MIX,
-    ReflectiveRecord,
-    load_reflective,
-    reflective_conversations,
     reflective_records,
     scene_rationales,
     scene_reflective_records,
-    write_reflective,
 )
-from halluremedy.data.scenes import make_dataset
 from halluremedy.generate.targeted import TargetWeights, sample_questions
 from halluremedy.models.llava import TinyLlavaSpec, build_tiny_llava, image_seq_length
 from halluremedy.models.tokenizer import split_words
