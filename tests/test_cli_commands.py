@@ -80,3 +80,32 @@ def test_embedded_default_through_the_cli_at_toy_size(tmp_path, monkeypatch, cap
     capsys.readouterr()
     assert main(["train-dpo", "--config", str(out / "config.yaml"), "--resume", "--eval-images", "0"]) == 0
     assert "not evaluated" in (out / "summary.md").read_text()  # every stage reused, the summary rewritten
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--stages"], "option '--stages': must name a stage, 1 and/or 2"),
+    (["--stages", "2", "1"], "option '--stages': must list stage 1 before stage 2, got '2,1'"),
+    (["--stages", "1,3"], "option '--stages': must be distinct items of 1, 2, got '1,3'"),
+    (["--noise-positions", "all", "seen"], "option '--noise-positions': must be all, or distinct rules of seen, "
+                                           "novel, present, got 'all,seen'"),
+    (["--edit-kinds"], "option '--edit-kinds': must name at least one"),
+    (["--loss-type", "ipo", "--label-smoothing", "0.1"], "option '--label-smoothing': applies to --loss-type "
+                                                          "sigmoid only, not 'ipo'"),
+    (["--base-cycles", "6:1e-3"], "option '--base-cycles': cycles must look like 'STEPS:LR:SCENES[:NOISED],...'"),
+])
+def test_train_dpo_option_errors_are_one_line_naming_the_flag(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as stop:
+        main(["train-dpo", "--out", str(tmp_path / "out"), *flags])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and err.startswith(f"halluremedy: error: {message}"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_sft_through_the_cli_at_toy_size(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-sft", "--data", "scenes", "--out", "base", "--cycles", "3:1e-3:40", "2:5e-4:40",
+                 "--batch-size", "4", "--eval-images", "12"]) == 0
+    summary = (tmp_path / "base" / "summary.md").read_text()
+    assert "| base |" in summary and "`model`" in summary and "`cycle1/metrics.png`" in summary
+    assert "cycles: ['3:1e-3:40', '2:5e-4:40']" in summary
+    assert (tmp_path / "base" / "model" / "config.json").is_file()

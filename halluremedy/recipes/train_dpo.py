@@ -85,8 +85,8 @@ class DPORecipe:
         """Every option checked before anything is loaded (ConfigError names the flag); each section
         checked its own."""
         check_choices(self)
-        check(bool(self.stages) and list(self.stages) == sorted(self.stages), "stages",
-              "must list stage 1 before stage 2", self.stages)
+        check(bool(self.stages), "stages", "must name a stage, 1 and/or 2", self.stages)
+        check(list(self.stages) == sorted(self.stages), "stages", "must list stage 1 before stage 2", self.stages)
         for stage in self.stages:
             check_range(self, f"stage{stage}_steps", ge=1)
         check(self.lora.lora or self.objective.reference != "adapter", "reference",
