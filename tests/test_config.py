@@ -122,8 +122,8 @@ def test_option_names_are_unique_across_sections():
 
 
 def test_assemble_takes_every_field_by_name():
-    lora, loop = LoraSection(lora_r=8, lora_alpha=16), LoopSection(lr=3e-4, seed=5)
-    spec = assemble(TuningSpec, lora, loop, steps=7)
+    lora, loop = LoraSection(lora_r=8, lora_alpha=16), LoopSection(lr=3e-4)
+    spec = assemble(TuningSpec, lora, loop, steps=7, seed=5)
     assert spec == TuningSpec(steps=7, lr=3e-4, seed=5, lora_r=8, lora_alpha=16)
     objective = assemble(PreferenceObjective, ObjectiveSection(noise_positions=("seen", "novel"), nll_alpha=1.0),
                          stage=2)

@@ -147,18 +147,17 @@ class ObjectiveSection:
 
 @dataclass(frozen=True)
 class LoopSection:
-    """The training loop: batch, accumulation, peak learning rate (cosine, 3% warmup), seed."""
+    """The training loop: batch, accumulation, peak learning rate (cosine, 3% warmup). The seed is the
+    recipe's: it also draws data and evaluation samples, and a multi-seed recipe sets it per run."""
 
     batch_size: int = option(TuningSpec.batch_size, "records per micro-batch")
     grad_accum: int = option(TuningSpec.grad_accum, "micro-batches per optimiser step")
     lr: float = option(TuningSpec.lr, "peak learning rate (cosine, 3% warmup)")
-    seed: int = option(TuningSpec.seed, "seed for adapters, data order, noise and sampled evaluation")
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum"):
             check_range(self, name, ge=1)
         check_range(self, "lr", gt=0)
-        check_range(self, "seed", ge=0)
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,7 @@ class DPORecipe:
     stage1_steps: int = option(120, "optimiser steps of stage 1")
     stage2_steps: int = option(120, "optimiser steps of stage 2")
     control: bool = option(False, "also train the continued-SFT control on the chosen answers")
+    seed: int = option(0, "seed for the generated pairs, adapters, data order, noise and sampled evaluation")
     model: ModelSection = section(ModelSection())
     data: DataSection = section(DataSection())
     preference: PairsSection = section(PairsSection())
@@ -89,6 +90,7 @@ class DPORecipe:
         check(list(self.stages) == sorted(self.stages), "stages", "must list stage 1 before stage 2", self.stages)
         for stage in self.stages:
             check_range(self, f"stage{stage}_steps", ge=1)
+        check_range(self, "seed", ge=0)
         check(self.lora.lora or self.objective.reference != "adapter", "reference",
               "adapter (LoRA disabled) needs --lora; use copy or precomputed for a full fine-tune",
               self.objective.reference)
@@ -109,7 +111,7 @@ def train_dpo(cfg: DPORecipe) -> dict[str, Path]:
                                       scene_heldout_images=cfg.data.scene_heldout_images)
     eval_cfg = None
     if cfg.eval.eval_images:
-        eval_cfg = EvalConfig.greedy_and_sampled(cfg.eval.eval_images, cfg.loop.seed)
+        eval_cfg = EvalConfig.greedy_and_sampled(cfg.eval.eval_images, cfg.seed)
         check_evaluation(heldout, eval_cfg, chair_option="--eval-images", pope_option="--eval-images")
     places = None
     if cfg.preference.pairs:
@@ -120,7 +122,7 @@ def train_dpo(cfg: DPORecipe) -> dict[str, Path]:
             print(f"skipped {len(loaded.errors)} invalid preference records, first: {loaded.errors[0]}")
     else:
         editor = RuleBasedEditor.for_dataset(train, cooccur_modes=list(cfg.preference.cooccur_modes))
-        generation = generate_preference_pairs(train, editor, seed=cfg.loop.seed,
+        generation = generate_preference_pairs(train, editor, seed=cfg.seed,
                                                kinds=list(cfg.preference.edit_kinds), progress=True)
         records = generation.records
         if not records:
@@ -136,17 +138,20 @@ def train_dpo(cfg: DPORecipe) -> dict[str, Path]:
         write_preferences(out / "pairs.jsonl", records)
         print(generation.summary())
 
+    def tuning(steps: int) -> TuningSpec:
+        return assemble(TuningSpec, cfg.model, cfg.lora, cfg.loop, steps=steps, seed=cfg.seed)
+
     models = {"base": base_dir}
     current = base_dir
     for stage in cfg.stages:
         current = run_preference_stage(current, records, train, out / f"stage{stage}",
                                        assemble(PreferenceObjective, cfg.objective, stage=stage),
-                                       assemble(TuningSpec, cfg.model, cfg.lora, cfg.loop, steps=cfg.steps(stage)),
-                                       reference=cfg.objective.reference, device=device, resume=cfg.run.resume,
-                                       allow_changes=cfg.run.resume_with_changes, present_words=present_words(train))
+                                       tuning(cfg.steps(stage)), reference=cfg.objective.reference, device=device,
+                                       resume=cfg.run.resume, allow_changes=cfg.run.resume_with_changes,
+                                       present_words=present_words(train))
         models[f"stage{stage}"] = current
     if cfg.control:
-        spec = assemble(TuningSpec, cfg.model, cfg.lora, cfg.loop, steps=sum(map(cfg.steps, cfg.stages)))
+        spec = tuning(sum(map(cfg.steps, cfg.stages)))
         models["sft-control"] = run_sft_control(base_dir, records, train, out / "sft_control", spec, device=device,
                                                 resume=cfg.run.resume, allow_changes=cfg.run.resume_with_changes)
     if not shard.is_main:  # under torchrun, rank 0 alone evaluates and reports
