@@ -20,7 +20,16 @@ from dataclasses import dataclass
 
 from halluremedy.config import DEBUG_HELP, add_config_arguments, config_from_args
 from halluremedy.errors import DatasetError, run_main
-from halluremedy.recipes import diagnose, evaluate, generate, scenes, train_dpo, train_sft
+from halluremedy.recipes import (
+    diagnose,
+    evaluate,
+    generate,
+    povid_experiment,
+    remedy_loop,
+    scenes,
+    train_dpo,
+    train_sft,
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,12 @@ COMMANDS = {
                      "image_id + caption)", evaluate.__doc__),
     "diagnose": Command(diagnose.DiagnoseConfig, diagnose.run_diagnosis, "a model's own hallucinations on an "
                         "annotated split: per-class rates, triggers, confusions (report.md)", diagnose.__doc__),
+    "remedy": Command(remedy_loop.RemedyConfig, remedy_loop.run_remedy_loop, "diagnose -> generate -> train -> "
+                      "re-diagnose: targeted vs untargeted data, REVERIE's reflective vs answer-only (report.md)",
+                      remedy_loop.__doc__),
+    "experiment": Command(povid_experiment.ExperimentConfig, povid_experiment.run_povid_experiment, "POVID vs its "
+                          "SFT control over several seeds: mean ± std and same-seed differences (summary.md)",
+                          povid_experiment.__doc__),
 }
 
 

@@ -1,5 +1,5 @@
-"""scripts/povid_experiment.py --test-data: every model of every seed captioned once on a test split, and
-same-seed CHAIR_s differences with intervals."""
+"""halluremedy.recipes.povid_experiment (scripts/povid_experiment.py) --test-data: every model of every seed
+captioned once on a test split, and same-seed CHAIR_s differences with intervals."""
 
 import json
 
@@ -8,9 +8,10 @@ import pytest
 from halluremedy.data.scenes import make_dataset
 from halluremedy.eval.seeds import caption_flags
 from halluremedy.models.llava import save_model
+from halluremedy.recipes import povid_experiment
 
 
-def test_large_split_differences(tiny_llava_factory, tmp_path, load_script):
+def test_large_split_differences(tiny_llava_factory, tmp_path):
     test = make_dataset(tmp_path / "scenes", "test", 10, seed=7, progress=False)
     paths = {}
     for k, name in enumerate(("base", "s0_stage1", "s0_stage2", "s1_stage1", "s1_stage2")):
@@ -22,8 +23,7 @@ def test_large_split_differences(tiny_llava_factory, tmp_path, load_script):
         (out / f"seed{seed}").mkdir(parents=True)
         (out / f"seed{seed}" / "models.json").write_text(json.dumps(
             {"base": paths["base"], "stage1": paths[f"s{seed}_stage1"], "stage2": paths[f"s{seed}_stage2"]}))
-    module = load_script("povid_experiment")
-    differences = module.large_split_differences(out, [0, 1], test, images=8)
+    differences = povid_experiment.large_split_differences(out, [0, 1], test, images=8)
     store = out / "test_test"
     assert sorted(f.name for f in store.iterdir()) == ["base.json", "seed0_stage1.json", "seed0_stage2.json",
                                                        "seed1_stage1.json", "seed1_stage2.json"]  # base once
@@ -35,11 +35,11 @@ def test_large_split_differences(tiny_llava_factory, tmp_path, load_script):
         assert len(a) == 8 and value == pytest.approx(sum(a[i] - b[i] for i in a) / 8)
     lo, hi = differences["sampled"]["stage2 - stage1"]["interval"]
     assert lo <= differences["sampled"]["stage2 - stage1"]["per_seed"]["mean"] <= hi
-    assert "| stage2 - base |" in module.interval_markdown(differences)
+    assert "| stage2 - base |" in povid_experiment.interval_markdown(differences)
 
     mtime = (store / "base.json").stat().st_mtime
-    assert module.large_split_differences(out, [0, 1], test, images=8) == differences  # cached, not recaptioned
+    assert povid_experiment.large_split_differences(out, [0, 1], test, images=8) == differences  # cached, not recaptioned
     assert (store / "base.json").stat().st_mtime == mtime
     (out / "seed1" / "models.json").unlink()
     with pytest.raises(SystemExit, match="seed1/models.json"):
-        module.large_split_differences(out, [0, 1], test, images=8)
+        povid_experiment.large_split_differences(out, [0, 1], test, images=8)

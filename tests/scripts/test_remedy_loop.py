@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from halluremedy.data.scenes import CLASSES
+from halluremedy.recipes.remedy_loop import join_list_flags, split_list
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "remedy_loop.py"
@@ -20,11 +21,10 @@ def _run(*args, cwd):
     return proc.stdout
 
 
-def test_list_flags_take_several_values(load_script):
-    module = load_script("remedy_loop")
-    assert module.join_list_flags(["--seeds", "0", "1", "2", "--steps", "5", "--arms", "reflective"]) == [
+def test_list_flags_take_several_values():
+    assert join_list_flags(["--seeds", "0", "1", "2", "--steps", "5", "--arms", "reflective"]) == [
         "--seeds", "0,1,2", "--steps", "5", "--arms", "reflective"]
-    assert module.split_list("0,1 2") == ["0", "1", "2"]
+    assert split_list("0,1 2") == ["0", "1", "2"]
 
 
 def test_remedy_loop_end_to_end(tmp_path):
