@@ -27,7 +27,6 @@ import os
 import re
 import types
 import typing
-from collections.abc import Collection
 from pathlib import Path
 
 import yaml
@@ -282,24 +281,9 @@ def check_range(cfg, name: str, *, ge: float | None = None, gt: float | None = N
         raise _bad(name, "must be " + " and ".join(wanted), value)
 
 
-def check_choice(cfg, name: str, choices: Collection[str]) -> None:
-    value = getattr(cfg, name)
-    if value not in choices:
-        raise _bad(name, "must be one of " + ", ".join(map(str, choices)), value)
-
-
 def split_items(text: str) -> list[str]:
     """``"a, b,c"`` / ``"a b c"`` -> ``["a", "b", "c"]``."""
     return [t for t in re.split(r"[,\s]+", text) if t]
-
-
-def check_subset(cfg, name: str, choices: Collection[str]) -> list[str]:
-    """``cfg.name`` is a comma-separated, non-empty list of distinct ``choices``; returns its items."""
-    value = getattr(cfg, name)
-    items = split_items(value)
-    if not items or any(i not in choices for i in items) or len(set(items)) != len(items):
-        raise _bad(name, "must be distinct items of " + ", ".join(map(str, choices)) + ", comma-separated", value)
-    return items
 
 
 def check_device(cfg, name: str = "device", *, here: bool = True) -> None:

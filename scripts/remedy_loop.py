@@ -10,16 +10,14 @@ The loop, its options and its output: :mod:`halluremedy.recipes.remedy_loop` (``
 
 from __future__ import annotations
 
-import sys
-
 from halluremedy.config import parse_config
 from halluremedy.errors import run_main
-from halluremedy.recipes.remedy_loop import RemedyConfig, join_list_flags, run_remedy_loop
+from halluremedy.recipes.remedy_loop import RemedyConfig, run_remedy_loop
 from halluremedy.recipes.remedy_loop import __doc__ as RECIPE_DOC
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_remedy_loop(parse_config(RemedyConfig, RECIPE_DOC, join_list_flags(sys.argv[1:] if argv is None else argv)))
+    run_remedy_loop(parse_config(RemedyConfig, RECIPE_DOC, argv))
 
 
 if __name__ == "__main__":

@@ -42,10 +42,11 @@ fresh ``--out`` after changing data or training options (reuse does not compare 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
-from halluremedy.config import check, check_choice, check_device, check_range, check_subset, option
+from halluremedy.config import check, check_choices, check_device, check_range, flat_config, option, section
 from halluremedy.data.coco import CocoDataset, write_json_atomic
 from halluremedy.data.preference import write_preferences
 from halluremedy.data.reflective import reflective_conversations, write_reflective
@@ -73,13 +74,16 @@ from halluremedy.generate.targeted import (
     write_instructions,
 )
 from halluremedy.models.llava import load_model
-from halluremedy.pipeline import (
-    BaseTrainSpec,
-    SceneDataSpec,
-    claim_scene_root,
-    format_cycles,
-    parse_cycles,
-    resolve_model_and_data,
+from halluremedy.pipeline import SceneDataSpec, claim_scene_root, resolve_model_and_data
+from halluremedy.recipes.sections import (
+    DataSection,
+    EvalSection,
+    LoopSection,
+    LoraSection,
+    ModelSection,
+    ObjectiveSection,
+    RunSection,
+    assemble,
 )
 from halluremedy.train.dpo import PreferenceObjective
 from halluremedy.train.stages import TuningSpec, run_conversation_sft, run_preference_stage
@@ -92,113 +96,71 @@ COMPARISONS = (("targeted-sft", "untargeted-sft"), ("targeted-dpo", "untargeted-
                ("reflective-positive", "answer-only"), ("reflective-negative", "answer-only"))
 COLUMNS = ("CHAIR_s/greedy", "CHAIR_i/greedy", "recall/greedy", "diagnosed/CHAIR_s", "POPE-ran/F1", "POPE-pop/F1",
            "POPE-adv/F1", "POPE-ran/acc", "POPE-pop/acc", "POPE-adv/acc", "POPE-adv/yes")
-LIST_FLAGS = ("--seeds", "--arms")
+Arm = Literal[ARMS]
 
 
 @dataclass(frozen=True)
 class RemedyConfig:
-    model: str = option("", "base LLaVA directory; empty: the embedded tiny scene model (trained if absent)")
-    data: str = option("runs/scenes", "COCO-format root with the training and held-out splits")
-    split: str = option("train", "split the generated data comes from (and trains on)")
-    eval_split: str = option("val", "held-out split for CHAIR / POPE")
+    arms: tuple[Arm, ...] = option(ARMS[:6], "arms to train and compare")
+    seeds: tuple[int, ...] = option((0,), "seeds (data, adapters, batch order): e.g. --seeds 0 1 2")
+    records: int = option(960, "records per arm and seed (reflective: questions; each gives 2 samples)")
+    steps: int = option(120, "optimiser steps per arm")
+    dpo_lr: float = option(2e-4, "peak learning rate of the DPO arms (--lr: of the SFT arms)")
+    dpo_edit: Literal[PAIR_EDITS] = option("add", "DPO arms' rejected caption: add (+ an absent object the model "
+                                           "hallucinates) | rename (a present object named as the class the model "
+                                           "mistakes it for)")
+    focus: float = option(1.0, "targeted class weights: (diagnosed class score + 0.02) ** FOCUS")
+    class_score: Literal[CLASS_SCORES] = option("error", "the diagnosed class score the targeted arms aim at: "
+                                                "hallucination (named while absent) | error (also missed while "
+                                                "present, so a class the model cannot see and calls something else "
+                                                "is aimed at too)")
+    class_balance: bool = option(True, "SFT arms: ask about every class as often present as absent, and caption images "
+                                 "holding and lacking a drawn class equally (targeting moves which classes and images, "
+                                 "not a class's answer prior)")
+    reflective_weights: Literal["targeted", "uniform"] = option("targeted", "questions of the reflective arms")
+    fresh_scenes: int = option(0, "scene world only: draw each arm's data from this many newly rendered scenes whose "
+                                  "classes follow the arm's weights (0: from the training split)")
     diag_data: str = option("", "root of the diagnosis split; empty: OUT/diag_scenes (scene world, generated)")
     diag_split: str = option("diag", "diagnosis split: never the held-out split")
     diag_images: int = option(300, "images diagnosed (and generated, for the embedded default)")
     diag_scene_seed: int = option(3, "embedded default only: scene seed of the generated diagnosis split")
-    base_out: str = option("runs/base", "embedded default only: where the tiny base model is (trained if absent)")
-    base_cycles: str = option(format_cycles(BaseTrainSpec.cycles), "embedded default only: SFT cycles STEPS:LR,... of the tiny base, if trained")
-    scene_train_images: int = option(SceneDataSpec.n_train, "embedded default only: scene-world training images")
-    scene_heldout_images: int = option(SceneDataSpec.n_heldout, "embedded default only: held-out images")
-    out: str = option("runs/remedy", "output directory")
-    arms: str = option("targeted-sft,untargeted-sft,targeted-dpo,untargeted-dpo,reflective,answer-only",
-                       f"arms, comma- or space-separated, of {','.join(ARMS)}")
-    seeds: str = option("0", "seeds, comma- or space-separated (data, adapters, batch order): e.g. --seeds 0 1 2")
-    records: int = option(960, "records per arm and seed (reflective: questions; each gives 2 samples)")
-    steps: int = option(120, "optimiser steps per arm")
-    batch_size: int = option(16, "samples per step")
-    lr: float = option(5e-4, "peak learning rate of the SFT arms (cosine, 3% warmup)")
-    dpo_lr: float = option(2e-4, "peak learning rate of the DPO arms")
-    dpo_edit: str = option("add", "DPO arms' rejected caption: add (+ an absent object the model hallucinates) | "
-                           "rename (a present object named as the class the model mistakes it for)")
-    beta: float = option(0.1, "DPO beta")
-    nll_alpha: float = option(1.0, "DPO arms: RPO term weight on the chosen answer (0 = off)")
-    lora: bool = option(True, "train LoRA adapters on the decoder (else a full fine-tune, vision tower included)")
-    lora_r: int = option(16, "LoRA rank")
-    lora_alpha: int = option(32, "LoRA alpha")
-    focus: float = option(1.0, "targeted class weights: (diagnosed class score + 0.02) ** FOCUS")
-    class_score: str = option("error", "the diagnosed class score the targeted arms aim at: hallucination "
-                              "(named while absent) | error (also missed while present, so a class the model cannot "
-                              "see and calls something else is aimed at too)")
-    class_balance: bool = option(True, "SFT arms: ask about every class as often present as absent, and caption images "
-                                 "holding and lacking a drawn class equally (targeting moves which classes and images, "
-                                 "not a class's answer prior)")
-    reflective_weights: str = option("targeted", "questions of the reflective arms: targeted | uniform")
-    fresh_scenes: int = option(0, "scene world only: draw each arm's data from this many newly rendered scenes whose "
-                                  "classes follow the arm's weights (0: from the training split)")
-    eval_images: int = option(200, "held-out images for CHAIR and for POPE")
+    rediagnose: bool = option(True, "re-diagnose every trained arm on the diagnosis split")
     test_data: str = option("", "COCO-format root of a large test split: caption it greedily with the base and every "
                             "arm and report same-seed CHAIR_s differences with an interval over seeds and images "
                             "(empty: skip)")
     test_split: str = option("test", "split of --test-data")
     test_images: int = option(0, "test-split images captioned (0: all)")
-    rediagnose: bool = option(True, "re-diagnose every trained arm on the diagnosis split")
-    device: str = option("cpu", "cpu | cuda")
-    resume: bool = option(True, "reuse finished diagnoses, arms and evaluations (an arm only if made with the same "
-                          "settings)")
-    resume_with_changes: bool = option(False, "with --resume: also reuse or continue arms made with other settings")
+    model: ModelSection = section(ModelSection())
+    data: DataSection = section(DataSection())
+    lora: LoraSection = section(LoraSection(lora_r=16, lora_alpha=32))
+    objective: ObjectiveSection = section(ObjectiveSection(nll_alpha=1.0))  # the DPO arms' (stage 1)
+    loop: LoopSection = section(LoopSection(lr=5e-4))
+    eval: EvalSection = section(EvalSection(eval_images=200))
+    run: RunSection = section(RunSection(out="runs/remedy", resume=True))
 
     def __post_init__(self) -> None:
-        """Every option checked before anything is loaded (ConfigError names the flag)."""
-        check_subset(self, "arms", ARMS)
-        seeds = split_list(self.seeds)
-        check(bool(seeds) and all(s.isdigit() for s in seeds) and len(set(seeds)) == len(seeds), "seeds",
+        """Every option checked before anything is loaded (ConfigError names the flag); each section
+        checked its own."""
+        check_choices(self)
+        check(bool(self.arms), "arms", "must name at least one arm", self.arms)
+        check(bool(self.seeds) and min(self.seeds) >= 0 and len(set(self.seeds)) == len(self.seeds), "seeds",
               "must be distinct integers >= 0", self.seeds)
-        check_choice(self, "dpo_edit", PAIR_EDITS)
-        check_choice(self, "class_score", CLASS_SCORES)
-        check_choice(self, "reflective_weights", ("targeted", "uniform"))
-        check(self.resume or not self.resume_with_changes, "resume_with_changes", "goes with --resume",
-              self.resume_with_changes)
-        for name in ("records", "steps", "batch_size", "diag_images", "eval_images", "scene_train_images",
-                     "scene_heldout_images"):
+        for name in ("records", "steps", "diag_images"):
             check_range(self, name, ge=1)
-        for name in ("lr", "dpo_lr", "beta"):
-            check_range(self, name, gt=0)
-        for name in ("nll_alpha", "focus", "fresh_scenes", "test_images", "diag_scene_seed"):
+        check_range(self.eval, "eval_images", ge=1)
+        check_range(self, "dpo_lr", gt=0)
+        for name in ("focus", "fresh_scenes", "test_images", "diag_scene_seed"):
             check_range(self, name, ge=0)
-        if self.lora:
-            check_range(self, "lora_r", ge=1)
-            check_range(self, "lora_alpha", gt=0)
-        try:
-            parse_cycles(self.base_cycles)
-        except ValueError as e:
-            raise ConfigError(f"option '--base-cycles': {e}") from None
-        check_device(self)
-
-
-def join_list_flags(argv: list[str]) -> list[str]:
-    """``--seeds 0 1 2`` -> ``--seeds 0,1,2`` (parse_config takes one value per flag)."""
-    out, k = [], 0
-    while k < len(argv):
-        out.append(argv[k])
-        if argv[k] in LIST_FLAGS:
-            values = []
-            while k + 1 < len(argv) and not argv[k + 1].startswith("--"):
-                values.append(argv[k + 1])
-                k += 1
-            out.append(",".join(values))
-        k += 1
-    return out
-
-
-def split_list(text: str) -> list[str]:
-    return [t for t in text.replace(",", " ").split() if t]
+        check(self.lora.lora or self.objective.reference != "adapter", "reference",
+              "adapter (LoRA disabled) needs --lora; use copy or precomputed for a full fine-tune",
+              self.objective.reference)
 
 
 def diagnosed(model_dir: Path, dataset: CocoDataset, probe: ProbeConfig, out: Path, name: str, cfg: RemedyConfig
               ) -> Diagnosis:
-    if cfg.resume and (out / "diagnosis.json").exists():
+    if cfg.run.resume and (out / "diagnosis.json").exists():
         return Diagnosis.load(out / "diagnosis.json")
-    model, processor = load_model(model_dir, device=cfg.device)
+    model, processor = load_model(model_dir, device=cfg.model.device)
     result = diagnose(model, processor, dataset, probe, model_name=name)
     write_report(result, out)
     return result
@@ -206,9 +168,9 @@ def diagnosed(model_dir: Path, dataset: CocoDataset, probe: ProbeConfig, out: Pa
 
 def evaluation(model_dir: Path, data: CocoDataset, eval_cfg: EvalConfig, path: Path, cfg: RemedyConfig) -> dict:
     """``evaluate``'s result for the model on ``data``, kept at ``path`` (reused with ``--resume``)."""
-    if cfg.resume and path.exists():
+    if cfg.run.resume and path.exists():
         return json.loads(path.read_text())
-    model, processor = load_model(model_dir, device=cfg.device)
+    model, processor = load_model(model_dir, device=cfg.model.device)
     result = evaluate(model, processor, data, eval_cfg)
     write_json_atomic(path, result, indent=2)
     return result
@@ -263,17 +225,19 @@ def arm_data(arm: str, train: CocoDataset, weights: TargetWeights, cfg: RemedyCo
 
 def run_remedy_loop(cfg: RemedyConfig) -> dict[str, Path]:
     """The whole loop (module docstring) for ``cfg``; returns the report's paths (``write_comparison``)."""
-    arms, seeds = split_list(cfg.arms), [int(s) for s in split_list(cfg.seeds)]
-    out = Path(cfg.out)
+    check_device(cfg.model)  # a GPU where --device asks for one
+    arms, seeds = list(cfg.arms), list(cfg.seeds)
+    out = Path(cfg.run.out)
 
     # data, base model, diagnosis split
     base_dir, train, heldout = resolve_model_and_data(
-        cfg.model, cfg.data, cfg.split, cfg.eval_split, base_out=cfg.base_out, base_cycles=cfg.base_cycles,
-        scene_train_images=cfg.scene_train_images, scene_heldout_images=cfg.scene_heldout_images)
+        cfg.model.model, cfg.data.data, cfg.data.split, cfg.data.eval_split, base_out=cfg.model.base_out,
+        base_cycles=",".join(cfg.model.base_cycles), scene_train_images=cfg.data.scene_train_images,
+        scene_heldout_images=cfg.data.scene_heldout_images)
     diag_root = Path(cfg.diag_data) if cfg.diag_data else out / "diag_scenes"
     if (diag_root / "annotations" / f"instances_{cfg.diag_split}.json").exists():
         diag = CocoDataset.load(diag_root, cfg.diag_split)
-    elif cfg.model:
+    elif cfg.model.model:
         raise ConfigError(f"option '--diag-data': {diag_root} has no diagnosis split {cfg.diag_split!r} "
                           f"(annotations/instances_{cfg.diag_split}.json); pass --diag-data/--diag-split")
     else:
@@ -282,11 +246,11 @@ def run_remedy_loop(cfg: RemedyConfig) -> dict[str, Path]:
     if cfg.fresh_scenes and (unknown := sorted(set(train.categories) - set(CLASSES))):
         raise ConfigError(f"option '--fresh-scenes': renders scene-world images, but {train.root}:{train.split} has "
                           f"other classes {unknown[:5]}")
-    if diag_root.resolve() == Path(cfg.data).resolve() and cfg.diag_split == cfg.eval_split:
+    if diag_root.resolve() == Path(cfg.data.data).resolve() and cfg.diag_split == cfg.data.eval_split:
         raise ConfigError(f"option '--diag-split': the diagnosis split must not be the held-out split "
-                          f"({cfg.eval_split!r})")
+                          f"({cfg.data.eval_split!r})")
     diag.verify_images(progress=True)
-    eval_cfg = EvalConfig(chair_images=cfg.eval_images, pope_images=cfg.eval_images, seed=0, progress=False)
+    eval_cfg = EvalConfig(chair_images=cfg.eval.eval_images, pope_images=cfg.eval.eval_images, seed=0, progress=False)
     check_evaluation(heldout, eval_cfg, chair_option="--eval-images", pope_option="--eval-images")
     if cfg.test_data:
         test = CocoDataset.load(cfg.test_data, cfg.test_split)
@@ -320,8 +284,6 @@ def run_remedy_loop(cfg: RemedyConfig) -> dict[str, Path]:
         test_name = f"test_{cfg.test_split}.json"
         captioned_test("base", base_dir, out / f"base_{test_name}")
     after: dict[str, list[Diagnosis]] = {}
-    spec = TuningSpec(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, lora=cfg.lora, lora_r=cfg.lora_r,
-                      lora_alpha=cfg.lora_alpha)
 
     # 2-4. generate, train, evaluate, re-diagnose: every arm, every seed
     for seed in seeds:
@@ -334,15 +296,17 @@ def run_remedy_loop(cfg: RemedyConfig) -> dict[str, Path]:
                 source = fresh_scenes(out / f"seed{seed}" / "scenes", arm_weight, cfg.fresh_scenes, seed,
                                       train.images[0].width)
             kind, data = arm_data(arm, source, arm_weight, cfg, seed, run_dir)
-            arm_spec = replace(spec, seed=seed)
+            arm_spec = assemble(TuningSpec, cfg.model, cfg.lora, cfg.loop, steps=cfg.steps, seed=seed)
             if kind == "sft":
-                model_dir = run_conversation_sft(base_dir, data, source, run_dir, arm_spec, device=cfg.device,
-                                                 resume=cfg.resume, allow_changes=cfg.resume_with_changes, tag=arm)
+                model_dir = run_conversation_sft(base_dir, data, source, run_dir, arm_spec, device=cfg.model.device,
+                                                 resume=cfg.run.resume, allow_changes=cfg.run.resume_with_changes,
+                                                 tag=arm)
             else:
-                objective = PreferenceObjective(stage=1, beta=cfg.beta, nll_alpha=cfg.nll_alpha)
-                model_dir = run_preference_stage(base_dir, data, source, run_dir, objective,
-                                                 replace(arm_spec, lr=cfg.dpo_lr), device=cfg.device, resume=cfg.resume,
-                                                 allow_changes=cfg.resume_with_changes)
+                model_dir = run_preference_stage(base_dir, data, source, run_dir,
+                                                 assemble(PreferenceObjective, cfg.objective, stage=1),
+                                                 replace(arm_spec, lr=cfg.dpo_lr), reference=cfg.objective.reference,
+                                                 device=cfg.model.device, resume=cfg.run.resume,
+                                                 allow_changes=cfg.run.resume_with_changes)
             rows.setdefault(arm, []).append(evaluated(model_dir, heldout, eval_cfg, run_dir / "eval.json", worst, cfg))
             if cfg.test_data:
                 captioned_test(arm, model_dir, run_dir / test_name)
@@ -354,9 +318,11 @@ def run_remedy_loop(cfg: RemedyConfig) -> dict[str, Path]:
 
     notes = [(f"arms {arms}, seeds {seeds}: {cfg.records} records per arm and seed"
               f"{f' from {cfg.fresh_scenes} fresh scenes drawn by its weights' if cfg.fresh_scenes else ''}, {cfg.steps} steps x "
-             f"{cfg.batch_size} samples, {f'LoRA r{cfg.lora_r}/a{cfg.lora_alpha}' if cfg.lora else 'full fine-tune'}, lr {cfg.lr:g} (DPO {cfg.dpo_lr:g}, "
+             f"{cfg.loop.batch_size} samples, "
+             f"{f'LoRA r{cfg.lora.lora_r}/a{cfg.lora.lora_alpha}' if cfg.lora.lora else 'full fine-tune'}, "
+             f"lr {cfg.loop.lr:g} (DPO {cfg.dpo_lr:g}, "
              f"{cfg.dpo_edit} pairs)"),
-             (f"held-out: {cfg.eval_images} images of {heldout.root}:{heldout.split}; diagnosis: {cfg.diag_images} "
+             (f"held-out: {cfg.eval.eval_images} images of {heldout.root}:{heldout.split}; diagnosis: {cfg.diag_images} "
              f"images of {diag.root}:{diag.split}"),
              f"diagnosed/CHAIR_s: held-out captions hallucinating one of the base's worst classes {worst}"]
     test_differences = None
@@ -365,7 +331,7 @@ def run_remedy_loop(cfg: RemedyConfig) -> dict[str, Path]:
         pairs = [(a, b) for a, b in COMPARISONS if a in arms and b in arms] + [(a, "base") for a in arms]
         test_differences = {f"{a} - {b}": paired_chair_s(flags[a], flags[b]) for a, b in pairs}
     paths = write_comparison(before, after, rows, out, comparisons=COMPARISONS, columns=COLUMNS, notes=notes,
-                             extra={"config": asdict(cfg), "worst_classes": worst}, test_differences=test_differences,
+                             extra={"config": flat_config(cfg), "worst_classes": worst}, test_differences=test_differences,
                              test_label=f"{cfg.test_data}:{cfg.test_split}",
                              class_rows=test_classes if cfg.test_data else rows,
                              class_label=f"{cfg.test_data}:{cfg.test_split}" if cfg.test_data else

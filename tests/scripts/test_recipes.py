@@ -187,7 +187,8 @@ def test_train_dpo_resume_refuses_changed_settings_in_one_line(user_data, load_s
     ("train_sft", ["--batch-size", "0"], "option '--batch-size': must be >= 1, got 0"),
     ("remedy_loop", ["--arms", "targeted-sft,bogus"], "option '--arms': must be distinct items of targeted-sft"),
     ("remedy_loop", ["--eval-images", "0"], "option '--eval-images': must be >= 1, got 0"),
-    ("remedy_loop", ["--seeds", "0", "x"], "option '--seeds': must be distinct integers >= 0, got '0,x'"),
+    ("remedy_loop", ["--seeds", "0", "x"], "option '--seeds': every value must be int, got ['0', 'x']"),
+    ("remedy_loop", ["--seeds", "0", "0"], "option '--seeds': must be distinct integers >= 0, got '0,0'"),
     ("povid_experiment", ["--seeds", "-1"], "option '--seeds': must be distinct integers >= 0, got [-1]"),
 ])
 def test_other_recipes_refuse_bad_options_in_one_line(load_script, tmp_path, capsys, script, flags, message):

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from halluremedy.config import parse_config
 from halluremedy.data.scenes import CLASSES
-from halluremedy.recipes.remedy_loop import join_list_flags, split_list
+from halluremedy.recipes.remedy_loop import RemedyConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "remedy_loop.py"
@@ -22,9 +23,9 @@ def _run(*args, cwd):
 
 
 def test_list_flags_take_several_values():
-    assert join_list_flags(["--seeds", "0", "1", "2", "--steps", "5", "--arms", "reflective"]) == [
-        "--seeds", "0,1,2", "--steps", "5", "--arms", "reflective"]
-    assert split_list("0,1 2") == ["0", "1", "2"]
+    cfg = parse_config(RemedyConfig, "", ["--seeds", "0", "1", "2", "--steps", "5", "--arms", "reflective"])
+    assert (cfg.seeds, cfg.steps, cfg.arms) == ((0, 1, 2), 5, ("reflective",))
+    assert parse_config(RemedyConfig, "", ["--seeds", "0,1 2"]).seeds == (0, 1, 2)  # the comma form still works
 
 
 def test_remedy_loop_end_to_end(tmp_path):

@@ -12,18 +12,15 @@ from halluremedy.config import parse_config
 from halluremedy.errors import run_main
 from halluremedy.recipes.train_dpo import DPORecipe
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHIPPED = sorted(CONFIGS.glob("*.yaml"))
 
 
-def config_class(path: Path, load_script):
+def config_class(path: Path):
     """The config dataclass of the command the file's header runs it with."""
-    header = path.read_text()
-    if found := re.search(rf"halluremedy ([a-z-]+) --config configs/{path.name}", header):
-        return COMMANDS[found.group(1)].config
-    found = re.search(rf"python scripts/(\w+)\.py --config configs/{path.name}", header)
+    found = re.search(rf"halluremedy ([a-z-]+) --config configs/{path.name}", path.read_text())
     assert found, f"{path.name}: its header names no command that reads it"
-    return load_script(found.group(1)).RemedyConfig
+    return COMMANDS[found.group(1)].config
 
 
 def test_the_four_configs_are_shipped():
@@ -32,14 +29,14 @@ def test_the_four_configs_are_shipped():
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
-def test_every_shipped_config_parses_into_its_commands_config(path, load_script):
-    cls = config_class(path, load_script)
+def test_every_shipped_config_parses_into_its_commands_config(path):
+    cls = config_class(path)
     assert isinstance(parse_config(cls, "", ["--config", str(path)]), cls)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
-def test_an_unknown_key_in_a_shipped_config_is_refused(path, load_script, tmp_path, capsys):
-    cls = config_class(path, load_script)
+def test_an_unknown_key_in_a_shipped_config_is_refused(path, tmp_path, capsys):
+    cls = config_class(path)
     typo = tmp_path / path.name
     typo.write_text(path.read_text() + "lora_rank: 8\n")
     with pytest.raises(SystemExit) as stop:
@@ -47,10 +44,10 @@ def test_an_unknown_key_in_a_shipped_config_is_refused(path, load_script, tmp_pa
     assert stop.value.code == 2 and "unknown option(s) ['lora_rank']" in capsys.readouterr().err
 
 
-def test_the_embedded_default_configs_are_the_no_argument_runs(load_script):
+def test_the_embedded_default_configs_are_the_no_argument_runs():
     assert parse_config(DPORecipe, "", ["--config", str(CONFIGS / "embedded_default.yaml")]) == DPORecipe() \
         == parse_config(DPORecipe, "", [])
-    remedy = load_script("remedy_loop").RemedyConfig
+    remedy = COMMANDS["remedy"].config
     assert parse_config(remedy, "", ["--config", str(CONFIGS / "remedy_loop.yaml")]) == remedy()
 
 
