@@ -9,18 +9,17 @@ run op by op on it under ``torch.utils.flop_counter.FlopCounterMode`` (forward +
 live-tensor tracker (:class:`LiveBytes`, peak bytes of tensors the step allocates; weights are not
 counted, LoRA gradients are).
 
-What does not run on meta, and what is done instead (the steps are *composed* from the real modules
-and the real head functions, rather than called end to end):
+Ours is the trainer's own step, :func:`halluremedy.train.dpo.preference_step` on a real
+``PreferenceBatch`` of the given lengths (:func:`ours_step`): it reads nothing back from the device,
+so it runs on meta as it is, with the packed attention backend forced to what a GPU ("varlen") or
+a CPU ("sdpa") would choose, and ``torch.is_autocast_enabled("meta")`` answered (:func:`meta_friendly`;
+``vlm_kernels`` asks it, the Triton kernels do the matmul work of their torch path). The peers'
+steps are *composed* from the real modules and head functions, for what does not run on meta:
 
 * ``LlavaModel.forward`` checks the image placeholders against the features with ``.item()``: each
-  step here runs the vision tower + projector on its images and feeds the decoder ``inputs_embeds``
-  of the right shape (the merge is a ``masked_scatter`` / ``index_copy``: no FLOPs). The peers run
-  ``get_image_features`` (the whole tower) per row and forward; ours runs the tower up to its feature
-  layer, once per image kind per step (:func:`_step_features`, as ``StepImages`` does);
-* ``vlm_kernels.linear_logprob`` / ``linear_argmax`` refuse meta tensors in their autocast check:
-  their autograd Function / torch path is called directly (the Triton kernels do the same matmul
-  work: logits in the forward, recomputed logits + ``d_hidden`` in the backward);
-  ``nonzero`` on meta is told to assume every row is valid (true here: every scored row has a target);
+  peer step runs ``get_image_features`` (the whole tower) per row and feeds the decoder
+  ``inputs_embeds`` of the right shape (the merge is a ``masked_scatter``: no FLOPs);
+* ``nonzero`` on meta is told to assume every row is valid (true here: every scored row has a target);
 * TRL's ``hidden_states[mask]`` (its CUDA path scores completion rows only) is data-dependent: its
   ``ChunkedLogProbFunction`` is applied to exactly the completion rows;
 * Liger's backward compares ``grad_output`` with 1 (``.item()``): it only rescales the gradients its
@@ -35,8 +34,8 @@ transformers. FlashLike counts ``4 lq lk d`` FLOPs per head forward and twice th
 FlopCounterMode's SDPA convention: causal masking not halved, FA2's recomputation not counted --
 and keeps q, k, v, out and the log-sum-exp for the backward. ``mode="cpu"`` reproduces what
 the CPU runs instead (our per-group SDPA blocks, TRL's all-position head, SDPA math): the test
-``tests/bench/test_flops.py`` checks that, in that mode, these composed steps count exactly the
-FLOPs FlopCounterMode counts on the real CPU steps of ``bench/baselines`` (tiny model, same shapes).
+``tests/bench/test_flops.py`` checks that, in that mode, every step here counts exactly the FLOPs
+FlopCounterMode counts on the real CPU steps of ``bench/baselines`` (tiny model, same shapes).
 
 Providers are ``bench/baselines``' (``STEPS``), plus ``ours-s1-cached``: ours with
 ``--reference precomputed`` (stage 1), i.e. the policy pass per step plus the reference's scoring
@@ -77,14 +76,22 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AttentionInterface, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-from vlm_kernels import default_stream_config
-from vlm_kernels.linear_argmax import _torch_argmax
-from vlm_kernels.linear_logprob import LinearLogprobFunction, LinearLogprobParams
 
 from halluremedy.models import attention as packed_attention
-from halluremedy.models.attention import GROUPS_KWARG, VARLEN_KWARG, GroupMasks, VarlenPlan, enable_packed_attention
+from halluremedy.models import packed as packed_model
+from halluremedy.models.attention import VarlenPlan
 from halluremedy.models.lora import add_lora
-from halluremedy.models.packed import llava_parts, tower_features
+from halluremedy.models.packed import llava_parts
+from halluremedy.train.dpo import (
+    EncodedRecord,
+    PreferenceBatch,
+    PreferenceObjective,
+    Reference,
+    StepLogps,
+    make_preference_batch,
+    preference_step,
+    reference_logps,
+)
 
 Mode = Literal["gpu", "cpu"]
 IMAGE_TOKENS = 576
@@ -300,7 +307,7 @@ def varlen_stand_in() -> Iterator[None]:
         packed_attention.flash_attn_varlen_func = previous
 
 
-# ---------------------------------------------------------------- composed steps
+# ---------------------------------------------------------------- the steps
 
 
 def _empty(*shape: int, like: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -316,63 +323,6 @@ def _images(policy: torch.nn.Module, n: int) -> torch.Tensor:
                                     return_dict=True).pooler_output
 
 
-def _step_features(policy: torch.nn.Module, n: int) -> torch.Tensor:
-    """Ours: ``n`` images through the frozen tower *up to its feature layer* and the projector, once
-    per step (``halluremedy.models.packed.StepImages``), without grad; every forward reuses them."""
-    llava, _ = llava_parts(policy)
-    size = llava.config.vision_config.image_size
-    with torch.no_grad():
-        return llava.multi_modal_projector(tower_features(llava, _empty(n, 3, size, size, like=llava.vision_tower)))
-
-
-def _adapters(policy: torch.nn.Module, on: bool):
-    return contextlib.nullcontext() if on else policy.disable_adapter()
-
-
-def _cu_seqlens(lengths: Sequence[int]) -> torch.Tensor:
-    """(S + 1,) int32 on the CPU (FlashAttention's layout; the stand-in reads it with ``tolist``)."""
-    return torch.tensor([0, *lengths]).cumsum(0).to(torch.int32)
-
-
-def _packed_hidden(policy: torch.nn.Module, spans: Sequence[tuple[int, Sequence[int]]], mode: Mode) -> torch.Tensor:
-    """(T, D) hidden states of a pack of groups ``(prefix length, [response lengths])``, as
-    ``halluremedy.models.packed.packed_hidden_states`` computes them (varlen on GPU, per-group SDPA on CPU)
-    from the step's shared image features (:func:`_step_features`, counted once per step by the caller)."""
-    llava, _ = llava_parts(policy)
-    enable_packed_attention(llava.language_model)
-    kv, seq_q, seq_k, total = [], [], [], 0
-    for prefix, responses in spans:
-        p0, p1 = total, total + prefix
-        total = p1
-        for j, n in enumerate(responses):
-            r0, r1 = total, total + n
-            total = r1
-            kv += list(range(p0, r1)) if j == 0 else [*range(p0, p1), *range(r0, r1)]
-            seq_q.append(r1 - (p0 if j == 0 else r0))
-            seq_k.append(r1 - p0 if j == 0 else prefix + n)
-    embeds = _empty(1, total, llava.config.text_config.hidden_size, like=policy)
-    positions = torch.empty(1, total, dtype=torch.long, device=embeds.device)
-    if mode == "gpu":
-        plan = VarlenPlan(torch.empty(len(kv), dtype=torch.long, device=embeds.device), _cu_seqlens(seq_q),
-                          _cu_seqlens(seq_k), max(seq_q), max(seq_k))
-        mask = torch.empty(1, 1, 0, 0, dtype=torch.bool, device=embeds.device)
-        with varlen_stand_in():
-            out = llava(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=False,
-                        **{VARLEN_KWARG: plan})
-    else:
-        # the SDPA backend: one (L_g, L_g) masked attention per group (no (T, T) mask)
-        bounds, start = [], 0
-        for prefix, responses in spans:
-            bounds.append((start, start + prefix + sum(responses)))
-            start = bounds[-1][1]
-        groups = GroupMasks(tuple(bounds), tuple(torch.empty(e - b, e - b, dtype=torch.bool, device=embeds.device)
-                                                 for b, e in bounds))
-        mask = torch.empty(1, 1, 0, 0, dtype=torch.bool, device=embeds.device)
-        out = llava(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=False,
-                    **{GROUPS_KWARG: groups})
-    return out.last_hidden_state[0]
-
-
 def _padded_hidden(policy: torch.nn.Module, rows: int, width: int, mode: Mode) -> torch.Tensor:
     """(rows, width, D) hidden states of a right-padded batch, images once per row (HF LLaVA forward)."""
     llava, _ = llava_parts(policy)
@@ -385,49 +335,63 @@ def _padded_hidden(policy: torch.nn.Module, rows: int, width: int, mode: Mode) -
     return llava(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
 
 
-def _logprob(policy: torch.nn.Module, hidden: torch.Tensor, k: int) -> torch.Tensor:
-    """``vlm_kernels.linear_logprob`` (torch path, what it dispatches to off CUDA) on every row: (N, k) fp32."""
-    _, head = llava_parts(policy)
-    targets = torch.zeros(hidden.shape[0], k, dtype=torch.long, device=hidden.device)
-    params = LinearLogprobParams("torch", default_stream_config(hidden.dtype))
-    return LinearLogprobFunction.apply(hidden.to(head.weight.dtype), head.weight, head.bias, targets, params)
+def _meta_batch(policy: torch.nn.Module, groups: Sequence[Group], backend: str) -> PreferenceBatch:
+    """The real ``PreferenceBatch`` of ``groups`` (the image placeholders in place, every other token 0),
+    on the model's (meta) device with the attention structures of ``backend`` built, as
+    ``load_micro_batch`` leaves it. Varlen plans keep ``cu_seqlens`` on the CPU: :class:`FlashLike`
+    reads them with ``tolist`` (FA2 takes them on the device; only their values matter here)."""
+    llava, _ = llava_parts(policy)
+    image_id, image_tokens = llava.config.image_token_id, llava.config.image_seq_length
+    records = [EncodedRecord(str(k), [image_id] * image_tokens + [0] * (g.prompt - image_tokens), [0] * g.chosen,
+                             [[0] * r for r in g.rejected]) for k, g in enumerate(groups)]
+    batch = make_preference_batch(records, list(range(len(groups))), image_id).to(next(policy.parameters()).device)
+    for packed in (batch.scored, batch.chosen_only):
+        packed.image_rows(image_id)
+        packed.prepare_attention(backend)
+        if backend == "varlen":
+            plan = packed.host.varlen
+            packed.varlen = VarlenPlan(plan.kv_index.to(batch.scored.device), plan.cu_seqlens_q, plan.cu_seqlens_k,
+                                       plan.max_seqlen_q, plan.max_seqlen_k)
+    return batch
 
 
-def _argmax(policy: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    _, head = llava_parts(policy)
-    return _torch_argmax(hidden, head.weight, head.bias, default_stream_config(hidden.dtype))
+@contextlib.contextmanager
+def packed_backend(mode: Mode) -> Iterator[str]:
+    """The packed attention backend the real step would choose on a GPU ("varlen", FlashAttention-2,
+    through :func:`varlen_stand_in`) or a CPU ("sdpa"), forced for meta tensors."""
+    backend = "varlen" if mode == "gpu" else "sdpa"
+    previous = packed_model.choose_backend
+    packed_model.choose_backend = lambda llava, device: backend
+    try:
+        with varlen_stand_in() if mode == "gpu" else contextlib.nullcontext():
+            yield backend
+    finally:
+        packed_model.choose_backend = previous
 
 
 def ours_step(policy: torch.nn.Module, groups: Sequence[Group], stage: int, mode: Mode = "gpu",
               reference: Literal["live", "cached", "only"] = "live") -> None:
-    """``train_preference``'s micro-step: reference (noised argmax if stage 2, scored), policy (noised
-    argmax if stage 2), policy scored with grad, backward. ``reference="cached"``: the reference's
-    log-probs come from ``precompute_reference``'s cache (stage 1), so only the policy runs;
-    ``"only"``: just the reference's scoring forward (what the precompute costs per batch)."""
-    scored = [(g.prompt, [g.chosen, *g.rejected]) for g in groups]
-    noised = [(g.prompt, [g.chosen]) for g in groups]
-    n_scored = sum(g.chosen + sum(g.rejected) for g in groups)
-    n_chosen = sum(g.chosen for g in groups)
-
-    def rows(hidden: torch.Tensor, n: int) -> torch.Tensor:  # the response-predicting rows (index_select)
-        return hidden.index_select(0, torch.empty(n, dtype=torch.long, device=hidden.device))
-
-    k = 2 if stage == 2 else 1
-    _step_features(policy, len(groups))  # clean images: once for every forward of the step
-    if stage == 2:
-        _step_features(policy, len(groups))  # noised images: once for both argmax passes
-    if reference != "cached":
-        with torch.no_grad(), policy.disable_adapter():
-            if stage == 2:
-                _argmax(policy, rows(_packed_hidden(policy, noised, mode), n_chosen))
-            _logprob(policy, rows(_packed_hidden(policy, scored, mode), n_scored), k)
-    if reference == "only":
-        return
-    if stage == 2:
-        with torch.no_grad():
-            _argmax(policy, rows(_packed_hidden(policy, noised, mode), n_chosen))
-    logp = _logprob(policy, rows(_packed_hidden(policy, scored, mode), n_scored), k)
-    logp.sum().backward()
+    """``train_preference``'s micro-step itself (:func:`halluremedy.train.dpo.preference_step`: reference
+    -- noised argmax if stage 2, scored --, policy the same with grad, loss), then backward, on meta
+    tensors. ``reference="cached"``: the reference's log-probs come from ``precompute_reference``'s
+    cache (stage 1), so only the policy runs; ``"only"``: just the reference's scoring forward (what
+    the precompute costs per batch, :func:`halluremedy.train.dpo.reference_logps`)."""
+    llava, _ = llava_parts(policy)
+    size = llava.config.vision_config.image_size
+    clean = _empty(len(groups), 3, size, size, like=llava.vision_tower)           # (B, C, H, W)
+    noised = torch.empty_like(clean) if stage == 2 else None
+    with packed_backend(mode) as backend:
+        batch = _meta_batch(policy, groups, backend)
+        if reference == "only":
+            reference_logps(policy, Reference("adapter"), batch, clean, None)
+            return
+        ref = None
+        if reference == "cached":
+            summed = torch.empty(batch.scored.num_responses, dtype=torch.float32, device=clean.device)
+            ref = StepLogps(summed, torch.empty(0), None)
+        loss, _ = preference_step(policy, Reference("adapter"), PreferenceObjective(stage=stage), batch, clean,
+                                  noised, ref)
+        loss.backward()
 
 
 def _pair_rows(groups: Sequence[Group]) -> list[tuple[int, int]]:

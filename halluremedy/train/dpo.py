@@ -183,24 +183,28 @@ class PreferenceBatches:
         return self.make_batch(self.sampler.batch_rows(index, self.batch_size))
 
     def make_batch(self, rows: list[int]) -> PreferenceBatch:
-        recs = [self.encoded[r] for r in rows]
-        scored = pack_groups([r.prompt for r in recs], [[r.chosen, *r.rejected] for r in recs],
-                             image_token_id=self.image_token_id)
-        chosen_only = pack_groups([r.prompt for r in recs], [[r.chosen] for r in recs])
-        pairs, chosen_index, chosen_rows, first, token = [], [], [], 0, 0
-        for r in recs:
-            pairs += [(first, first + 1 + j) for j in range(len(r.rejected))]
-            chosen_index.append(first)
-            chosen_rows += range(token, token + len(r.chosen))  # y+ comes first in its group
-            first += 1 + len(r.rejected)
-            token += len(r.chosen) + sum(map(len, r.rejected))
-        is_chosen = torch.zeros(scored.num_responses, dtype=torch.bool)
-        is_chosen[chosen_index] = True
-        present = torch.tensor([(c, t) for c, r in zip(chosen_index, recs) for t in r.present],
-                               dtype=torch.long).view(-1, 2)
-        return PreferenceBatch(rows, [r.image for r in recs], scored, chosen_only, torch.tensor(pairs),
-                               torch.tensor(chosen_index), is_chosen[scored.token_response], present,
-                               torch.tensor(chosen_rows, dtype=torch.long))
+        return make_preference_batch([self.encoded[r] for r in rows], rows, self.image_token_id)
+
+
+def make_preference_batch(recs: Sequence[EncodedRecord], rows: list[int], image_token_id: int) -> PreferenceBatch:
+    """The micro-batch of encoded records ``recs`` (dataset indices ``rows``), packed on the host."""
+    scored = pack_groups([r.prompt for r in recs], [[r.chosen, *r.rejected] for r in recs],
+                         image_token_id=image_token_id)
+    chosen_only = pack_groups([r.prompt for r in recs], [[r.chosen] for r in recs])
+    pairs, chosen_index, chosen_rows, first, token = [], [], [], 0, 0
+    for r in recs:
+        pairs += [(first, first + 1 + j) for j in range(len(r.rejected))]
+        chosen_index.append(first)
+        chosen_rows += range(token, token + len(r.chosen))  # y+ comes first in its group
+        first += 1 + len(r.rejected)
+        token += len(r.chosen) + sum(map(len, r.rejected))
+    is_chosen = torch.zeros(scored.num_responses, dtype=torch.bool)
+    is_chosen[chosen_index] = True
+    present = torch.tensor([(c, t) for c, r in zip(chosen_index, recs) for t in r.present],
+                           dtype=torch.long).view(-1, 2)
+    return PreferenceBatch(rows, [r.image for r in recs], scored, chosen_only, torch.tensor(pairs),
+                           torch.tensor(chosen_index), is_chosen[scored.token_response], present,
+                           torch.tensor(chosen_rows, dtype=torch.long))
 
 
 class Reference:
