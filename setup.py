@@ -16,7 +16,7 @@ setup(
     description="Fast preference / reflective tuning against VLM hallucination (POVID, DFTG, REVERIE)",
     python_requires=">=3.10",
     packages=find_packages(include=["halluremedy", "halluremedy.*"]),
-    package_data={"halluremedy": ["assets/scene_base/*", "assets/scene_tower/*"]},
+    package_data={"halluremedy": ["assets/scene_base/*", "assets/scene_base_llava/*", "assets/scene_tower/*"]},
     install_requires=[
         # 2.13 is the oldest release we test; CI installs the CPU build first.
         "torch>=2.13,<2.15",

@@ -42,6 +42,7 @@ SHIPPED_BASE = Path(__file__).parent / "assets" / "scene_base"
 # prior as LLaVA-1.5 does), made by ``python scripts/train_llava_base.py`` (LlavaRecipeSpec defaults).
 SHIPPED_LLAVA_BASE = Path(__file__).parent / "assets" / "scene_base_llava"
 BASE_KINDS = ("llava-like", "perception-limited")
+DEFAULT_BASE_OUT = {"llava-like": "runs/base_llava", "perception-limited": "runs/base"}
 
 
 @dataclass(frozen=True)
@@ -289,26 +290,33 @@ def resolve_data(model: str, data: str, split: str, eval_split: str, *, scene_tr
     return train, heldout
 
 
-def resolve_base(model: str, data: str, *, base_out: str | os.PathLike, base_cycles: str, scene_train_images: int,
-                 scene_heldout_images: int) -> Path:
-    """The base model directory: ``model``, or (embedded default) the tiny base in ``base_out``
-    (shipped or trained on the scene world under ``data``; one base for every recipe seed, since the
-    seeds vary the remedy, not the model it starts from)."""
+def resolve_base(model: str, data: str, *, base: str, base_out: str | os.PathLike, base_cycles: str,
+                 scene_train_images: int, scene_heldout_images: int) -> Path:
+    """The base model directory: ``model``, or (embedded default) the tiny base of kind ``base`` in
+    ``base_out`` (empty: ``DEFAULT_BASE_OUT[base]``): "llava-like" is the shipped LLaVA-like base
+    (:func:`ensure_llava_base`), "perception-limited" the first tiny base, shipped or trained by SFT
+    cycles ``base_cycles`` on the scene world under ``data`` (:func:`ensure_base_model`). One base for
+    every recipe seed, since the seeds vary the remedy, not the model it starts from."""
     if model:
         return check_model_dir(model)
+    if base not in BASE_KINDS:
+        raise ConfigError(f"option '--base': one of {', '.join(BASE_KINDS)}, got {base!r}")
+    out = base_out or DEFAULT_BASE_OUT[base]
+    if base == "llava-like":
+        return ensure_llava_base(out)
     scene_spec = SceneDataSpec(n_train=scene_train_images, n_heldout=scene_heldout_images)
-    return ensure_base_model(data, base_out, BaseTrainSpec(cycles=parse_cycles(base_cycles)), scene_spec)
+    return ensure_base_model(data, out, BaseTrainSpec(cycles=parse_cycles(base_cycles)), scene_spec)
 
 
-def resolve_model_and_data(model: str, data: str, split: str, eval_split: str, *, base_out: str | os.PathLike,
-                           base_cycles: str, scene_train_images: int, scene_heldout_images: int
-                           ) -> tuple[Path, CocoDataset, CocoDataset]:
+def resolve_model_and_data(model: str, data: str, split: str, eval_split: str, *, base: str,
+                           base_out: str | os.PathLike, base_cycles: str, scene_train_images: int,
+                           scene_heldout_images: int) -> tuple[Path, CocoDataset, CocoDataset]:
     """``(base model dir, training split, held-out split)``: :func:`resolve_data`, then :func:`resolve_base`."""
     train, heldout = resolve_data(model, data, split, eval_split, scene_train_images=scene_train_images,
                                   scene_heldout_images=scene_heldout_images)
-    base = resolve_base(model, data, base_out=base_out, base_cycles=base_cycles,
-                        scene_train_images=scene_train_images, scene_heldout_images=scene_heldout_images)
-    return base, train, heldout
+    base_dir = resolve_base(model, data, base=base, base_out=base_out, base_cycles=base_cycles,
+                            scene_train_images=scene_train_images, scene_heldout_images=scene_heldout_images)
+    return base_dir, train, heldout
 
 
 def record_encoder(model_dir: str | os.PathLike) -> ConversationEncoder:

@@ -65,8 +65,9 @@ def test_scenes_generate_diagnose(tiny_llava_factory, tmp_path, monkeypatch):
 
 def test_embedded_default_through_the_cli_at_toy_size(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    # the default base (the shipped LLaVA-like one, copied) on a toy-sized scene world
     toy = ["--data", "d/scenes", "--base-out", "d/base", "--out", "d/povid", "--scene-train-images", "40",
-           "--scene-heldout-images", "30", "--base-cycles", "6:1e-3:40", "--stage1-steps", "2", "--stage2-steps", "2",
+           "--scene-heldout-images", "30", "--stage1-steps", "2", "--stage2-steps", "2",
            "--batch-size", "4", "--lora-r", "4", "--lora-alpha", "8", "--eval-images", "12"]
     assert main(["train-dpo", *toy]) == 0
     out = tmp_path / "d" / "povid"
@@ -92,6 +93,8 @@ def test_embedded_default_through_the_cli_at_toy_size(tmp_path, monkeypatch, cap
     (["--loss-type", "ipo", "--label-smoothing", "0.1"], "option '--label-smoothing': applies to --loss-type "
                                                           "sigmoid only, not 'ipo'"),
     (["--base-cycles", "6:1e-3"], "option '--base-cycles': cycles must look like 'STEPS:LR:SCENES[:NOISED],...'"),
+    (["--base-cycles", "6:1e-3:40"], "option '--base-cycles': applies to --base perception-limited"),
+    (["--base", "clip"], "option '--base': must be one of llava-like, perception-limited"),
 ])
 def test_train_dpo_option_errors_are_one_line_naming_the_flag(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as stop:

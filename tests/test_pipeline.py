@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from halluremedy.models.llava import load_model
 from halluremedy.pipeline import (
     SCENE_MARKER,
     SHIPPED_BASE,
+    SHIPPED_LLAVA_BASE,
     BaseTrainSpec,
     SceneDataSpec,
     ensure_base_model,
@@ -17,6 +20,7 @@ from halluremedy.pipeline import (
     ensure_scene_data,
     format_cycles,
     parse_cycles,
+    resolve_base,
     resolve_data,
     train_base_model,
 )
@@ -77,6 +81,25 @@ def test_a_base_made_by_another_recipe_is_refused_not_reused(tmp_path):
     (tmp_path / "base" / "base_recipe.json").unlink()  # e.g. left by an older version
     with pytest.raises(ValueError, match="unrecorded recipe"):
         ensure_base_model(tmp_path / "data", tmp_path / "base")
+    assert not (tmp_path / "data").exists()  # nothing was generated or trained
+
+
+def test_each_base_kind_resolves_to_its_shipped_model(tmp_path):
+    # the LLaVA-like base's default recipe is what the asset was made by: it is copied, never trained
+    kinds = {"llava-like": SHIPPED_LLAVA_BASE, "perception-limited": SHIPPED_BASE}
+    for kind, shipped in kinds.items():
+        path = resolve_base("", str(tmp_path / "data"), base=kind, base_out=tmp_path / kind,
+                            base_cycles=format_cycles(BaseTrainSpec.cycles), scene_train_images=6,
+                            scene_heldout_images=4)
+        assert path == tmp_path / kind / "model"
+        assert (path / "model.safetensors").read_bytes() == (shipped / "model.safetensors").read_bytes()
+        assert json.loads((tmp_path / kind / "base_recipe.json").read_text()).get("kind", kind) == kind
+    with pytest.raises(ConfigError, match="another recipe"):  # one kind's folder is not the other's
+        resolve_base("", str(tmp_path / "data"), base="llava-like", base_out=tmp_path / "perception-limited",
+                     base_cycles="", scene_train_images=6, scene_heldout_images=4)
+    with pytest.raises(ConfigError, match="option '--base': one of llava-like, perception-limited"):
+        resolve_base("", str(tmp_path / "data"), base="clip", base_out=tmp_path / "x", base_cycles="",
+                     scene_train_images=6, scene_heldout_images=4)
     assert not (tmp_path / "data").exists()  # nothing was generated or trained
 
 

@@ -231,7 +231,7 @@ def run_remedy_loop(cfg: RemedyConfig) -> dict[str, Path]:
 
     # data, base model, diagnosis split
     base_dir, train, heldout = resolve_model_and_data(
-        cfg.model.model, cfg.data.data, cfg.data.split, cfg.data.eval_split, base_out=cfg.model.base_out,
+        cfg.model.model, cfg.data.data, cfg.data.split, cfg.data.eval_split, base=cfg.model.base, base_out=cfg.model.base_out,
         base_cycles=",".join(cfg.model.base_cycles), scene_train_images=cfg.data.scene_train_images,
         scene_heldout_images=cfg.data.scene_heldout_images)
     diag_root = Path(cfg.diag_data) if cfg.diag_data else out / "diag_scenes"

@@ -20,7 +20,7 @@ from typing import Literal, TypeVar
 from halluremedy.config import check, check_choices, check_device, check_range, option
 from halluremedy.errors import ConfigError
 from halluremedy.generate.injector import COOCCUR_MODES, EDIT_KINDS, CooccurMode, EditKind
-from halluremedy.pipeline import BaseTrainSpec, SceneDataSpec, format_cycles, parse_cycles
+from halluremedy.pipeline import BASE_KINDS, DEFAULT_BASE_OUT, BaseTrainSpec, SceneDataSpec, format_cycles, parse_cycles
 from halluremedy.train.dpo import NOISE_POSITION_RULES, PreferenceObjective
 from halluremedy.train.stages import TuningSpec
 
@@ -41,9 +41,14 @@ def check_cycles(cfg, name: str) -> None:
 class ModelSection:
     """The model: a local LLaVA directory or the embedded tiny scene model, and how it runs."""
 
-    model: str = option("", "base LLaVA directory; empty: the embedded tiny scene model (trained if absent)")
-    base_out: str = option("runs/base", "embedded default only: where the tiny base model is (trained if absent)")
-    base_cycles: tuple[str, ...] = option(DEFAULT_BASE_CYCLES, "embedded default only: SFT cycles "
+    model: str = option("", "base LLaVA directory; empty: the embedded tiny scene model of kind --base")
+    base: Literal[BASE_KINDS] = option(
+        "llava-like", "embedded default only: llava-like (pretrained frozen tower + LLaVA-1.5's stages: sees "
+                      "well, hallucinates from its language prior, as LLaVA-1.5 does) or perception-limited "
+                      "(tower trained with the LM: misnames what it sees); both shipped")
+    base_out: str = option("", "embedded default only: where the tiny base is copied (or trained); empty: "
+                               + " or ".join(f"{v} ({k})" for k, v in DEFAULT_BASE_OUT.items()))
+    base_cycles: tuple[str, ...] = option(DEFAULT_BASE_CYCLES, "--base perception-limited only: SFT cycles "
                                           "STEPS:LR:SCENES[:NOISED] of the tiny base (another recipe than the "
                                           "shipped one trains it)")
     device: str = option("cpu", "cpu | cuda | cuda:N")
@@ -55,6 +60,9 @@ class ModelSection:
     def __post_init__(self) -> None:
         check_choices(self)
         check_cycles(self, "base_cycles")
+        check(self.base == "perception-limited" or self.base_cycles == DEFAULT_BASE_CYCLES, "base_cycles",
+              "applies to --base perception-limited (the llava-like base's recipe: scripts/train_llava_base.py, "
+              "then --model)", self.base_cycles)
         check_device(self, here=False)  # a GPU config stays valid on any machine; the recipe checks it before a run
         check(not self.decoder_kernels or self.device.startswith("cuda"), "decoder_kernels",
               "needs --device cuda (Triton / Inductor kernels)", self.decoder_kernels)

@@ -77,7 +77,7 @@ class DPORecipe:
     data: DataSection = section(DataSection())
     preference: PairsSection = section(PairsSection())
     lora: LoraSection = section(LoraSection())
-    objective: ObjectiveSection = section(ObjectiveSection(nll_alpha=1.0))
+    objective: ObjectiveSection = section(ObjectiveSection(nll_alpha=1.0, noise_positions=("present",)))
     loop: LoopSection = section(LoopSection(lr=2e-4))
     eval: EvalSection = section(EvalSection())
     run: RunSection = section(RunSection(out="runs/povid"))
@@ -129,7 +129,7 @@ def train_dpo(cfg: DPORecipe) -> dict[str, Path]:
             raise DatasetError(f"{train.instances_path}: no preference pair could be made from the captions of "
                                f"split '{train.split}' with --edit-kinds {' '.join(cfg.preference.edit_kinds)}")
     with main_rank_first():
-        base_dir = resolve_base(cfg.model.model, cfg.data.data, base_out=cfg.model.base_out,
+        base_dir = resolve_base(cfg.model.model, cfg.data.data, base=cfg.model.base, base_out=cfg.model.base_out,
                                 base_cycles=",".join(cfg.model.base_cycles),
                                 scene_train_images=cfg.data.scene_train_images,
                                 scene_heldout_images=cfg.data.scene_heldout_images)

@@ -62,17 +62,21 @@ class Stage:
 class LlavaRecipeSpec:
     """Everything that defines the LLaVA-like base except the tower's own recipe (``tower``)."""
 
-    tower: VisionPretrainSpec = field(default_factory=VisionPretrainSpec)
+    # the class token trained too, and kept ("full"): one summary token the LM reads for yes/no (b5-b8)
+    tower: VisionPretrainSpec = field(default_factory=lambda: VisionPretrainSpec(cls_head=True))
     text: Stage = Stage(600, 2e-3)
     align: Stage = Stage(300, 2e-3)
-    instruct: Stage = Stage(2400, 1e-3)
+    instruct: Stage = Stage(2000, 1e-3)
     scenes: int = 20000  # of the training scenes' stream (seed ``scene_seed``), rendered in memory
     scene_seed: int = 1  # the default training split's stream: its first 4000 are runs/scenes/train
-    partner_noise: float = 0.6  # detailed captions only
+    # defaults: b8a of docs/base_llava_like.md (the shipped assets/scene_base_llava)
+    partner_noise: float = 0.8  # detailed captions only
     # detailed captions only; entry k-1 for scenes of k objects (the last for more)
-    extra_noise: tuple[float, ...] = (0.8, 0.15, 0.1, 0.1)
-    questions_per_image: int = 2
-    qa_turns: int = 1  # questions per conversation (multi-turn, as LLaVA-Instruct's conversations are)
+    extra_noise: tuple[float, ...] = (0.8, 0.45, 0.15, 0.1)
+    # 8 per image in two 4-turn conversations: fewer left POPE near chance (b5, b7), one 8-turn
+    # conversation doubled the step cost (a batch pads to its longest sequence, b6)
+    questions_per_image: int = 8
+    qa_turns: int = 4  # questions per conversation (multi-turn, as LLaVA-Instruct's conversations are)
     # loss weight of the QA conversations' answer tokens in ``instruct`` (captions: 1): one yes/no word
     # per question against ~12 caption words per sentence leaves existence unlearnt at weight 1 (b1-b5)
     qa_weight: float = 1.0
@@ -86,7 +90,7 @@ class LlavaRecipeSpec:
     text_intermediate: int = 256
     # "default" (llava-1.5: class token dropped) or "full" (kept: with a tower pretrained with
     # cls_head, one image token summarises what is there)
-    feature_strategy: str = "default"
+    feature_strategy: str = "full"
 
     def __post_init__(self) -> None:
         if self.feature_strategy not in ("default", "full"):

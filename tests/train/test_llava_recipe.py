@@ -51,7 +51,8 @@ def test_recipe_end_to_end_keeps_the_tower_frozen(tmp_path):
         assert torch.equal(a, b), name  # frozen in every stage
     recipe = json.loads((tmp_path / "recipe.json").read_text())
     assert {"tower_s", "text_s", "align_s", "instruct_s", "total_s"} <= set(recipe)
-    assert model.config.vision_config.hidden_size == 32 and model.config.image_seq_length == 16
+    assert SPEC.feature_strategy == "full"  # the default: 16 patches + the class token
+    assert model.config.vision_config.hidden_size == 32 and model.config.image_seq_length == 17
     for stage in ("stage_text", "stage_align", "stage_instruct"):
         assert (tmp_path / stage / "metrics.jsonl").exists()
 
