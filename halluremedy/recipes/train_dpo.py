@@ -172,7 +172,8 @@ def train_dpo(cfg: DPORecipe) -> dict[str, Path]:
         print(f"full results: {out / 'eval.json'}")
     files = {f"{name} model": path for name, path in models.items()}
     for name in [f"stage{s}" for s in cfg.stages] + (["sft_control"] if cfg.control else []):
-        files |= {f"{name} training curves": out / name / "metrics.png",
+        files |= {f"{name} LoRA adapter (peft)": out / name / "adapter",
+                  f"{name} training curves": out / name / "metrics.png",
                   f"{name} metrics per step": out / name / "metrics.jsonl",
                   f"{name} checkpoint (for --resume)": out / name / "checkpoint"}
     files |= {"generated pairs": out / "pairs.jsonl", "evaluation, every caption and answer": out / "eval.json",

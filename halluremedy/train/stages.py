@@ -95,8 +95,11 @@ def _finished(out_dir: Path, settings: dict[str, Any], resume: bool, allow_chang
 
 
 def _finish(model, processor, out_dir: Path, spec: TuningSpec, keys: list[str], settings: dict[str, Any]) -> Path:
-    """Merge the adapters and save ``OUT/model`` (rank 0, with an FSDP-sharded model's weights
-    gathered from every rank; the other ranks wait for it)."""
+    """Save the peft adapter as ``OUT/adapter`` (LoRA runs, never FSDP-sharded), merge it and save
+    ``OUT/model`` (rank 0, with an FSDP-sharded model's weights gathered from every rank; the other
+    ranks wait for it)."""
+    if spec.lora and current_shard().is_main:
+        model.save_pretrained(out_dir / "adapter")
     save_model_on_main(merge_lora(model) if spec.lora else model, processor, out_dir / "model")
     if current_shard().is_main:
         plot_metrics(out_dir, keys)

@@ -124,14 +124,26 @@ def test_present_rule_needs_present_words(tiny_coco, tiny_llava_factory):
 def test_preference_stage_passes_the_present_rule_its_words(tiny_coco, tiny_llava_factory, tmp_path):
     model, processor = tiny_llava_factory(5)
     save_model(model, processor, tmp_path / "base")
-    spec = TuningSpec(steps=1, batch_size=3, lora_r=4, lora_alpha=8)
+    spec = TuningSpec(steps=2, batch_size=3, lora_r=4, lora_alpha=8)  # step 0 runs at warm-up lr 0
     objective = PreferenceObjective(stage=2, noise_positions="seen,novel,present")
     records = tiny_preference_records(tiny_coco)
     with pytest.raises(ValueError, match="present_words"):
         run_preference_stage(tmp_path / "base", records, tiny_coco, tmp_path / "refused", objective, spec)
     out = run_preference_stage(tmp_path / "base", records, tiny_coco, tmp_path / "stage2", objective, spec,
                                present_words=present_words(tiny_coco))
-    assert (out / "model.safetensors").exists()
+    # the peft adapter beside the merged model: base + adapter, merged, is that model
+    from peft import PeftModel
+
+    from halluremedy.models.llava import load_model
+
+    before = {k: v.clone() for k, v in load_model(tmp_path / "base")[0].state_dict().items()}
+    base, _ = load_model(tmp_path / "base")
+    rebuilt = PeftModel.from_pretrained(base, tmp_path / "stage2" / "adapter").merge_and_unload().state_dict()
+    merged = load_model(out)[0].state_dict()
+    assert rebuilt.keys() == merged.keys() == before.keys()
+    for name, weight in merged.items():
+        torch.testing.assert_close(rebuilt[name], weight, rtol=1e-5, atol=1e-6, msg=name)
+    assert any(not torch.equal(merged[k], before[k]) for k in merged)  # the stage moved weights: the check can fail
 
 
 @pytest.mark.parametrize("bad", ["", "seen,", "novel,all", "unseen"])
