@@ -24,7 +24,7 @@ def _run(script, *args, cwd):
 
 def test_train_dpo_embedded_default_end_to_end(tmp_path):
     common = ["--data", "d/scenes", "--base-out", "d/base", "--out", "d/povid", "--scene-train-images", "40",
-              "--scene-heldout-images", "30", "--base-cycles", "6:1e-3:40", "--stage1-steps", "2",
+              "--scene-heldout-images", "30", "--stage1-steps", "2",
               "--stage2-steps", "2", "--batch-size", "4", "--lora-r", "4", "--lora-alpha", "8"]
     out = _run("train_dpo.py", *common, "--eval-images", "12", "--control", cwd=tmp_path)
     assert "| base |" in out and "| stage1 |" in out and "| stage2 |" in out and "| sft-control |" in out
@@ -44,10 +44,10 @@ def test_train_dpo_embedded_default_end_to_end(tmp_path):
     again = _run("train_dpo.py", *common, "--eval-images", "0", "--resume", cwd=tmp_path)
     assert "stage2" in again
 
-    # the base in d/base was made by the 6-step recipe: asking for another one there is refused
+    # the base in d/base is the llava-like default (the shipped copy): asking for another one there is refused
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_dpo.py"), "--data", "d/scenes", "--base-out",
-                           "d/base", "--out", "d/other", "--eval-images", "0"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600)
+                           "d/base", "--out", "d/other", "--eval-images", "0", "--base", "perception-limited"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "another recipe" in proc.stderr
 
 

@@ -31,7 +31,7 @@ def test_list_flags_take_several_values():
 def test_remedy_loop_end_to_end(tmp_path):
     arms = ["targeted-sft", "untargeted-sft", "targeted-dpo", "untargeted-dpo", "reflective", "answer-only"]
     common = ["--data", "d/scenes", "--base-out", "d/base", "--out", "d/remedy", "--scene-train-images", "40",
-              "--scene-heldout-images", "30", "--base-cycles", "4:1e-3:40", "--diag-images", "12", "--eval-images", "12",
+              "--scene-heldout-images", "30", "--diag-images", "12", "--eval-images", "12",
               "--records", "16", "--steps", "2", "--batch-size", "4", "--lora-r", "4", "--lora-alpha", "8"]
     out = _run(*common, "--seeds", "0", "1", "--arms", *arms, cwd=tmp_path)
     d = tmp_path / "d" / "remedy"
