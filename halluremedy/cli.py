@@ -28,6 +28,7 @@ from halluremedy.recipes import (
     remedy_loop,
     scenes,
     train_dpo,
+    train_llava_base,
     train_sft,
 )
 
@@ -49,6 +50,9 @@ COMMANDS = {
                         "captions (rule-based or LLM hallucination edits)", generate.__doc__),
     "train-sft": Command(train_sft.SFTRecipe, train_sft.train_scene_base, "train the tiny scene-world base model "
                          "(SFT on captions + existence QA), then evaluate it", train_sft.__doc__),
+    "train-llava-base": Command(train_llava_base.LlavaBaseRecipe, train_llava_base.build_llava_base, "the LLaVA-like "
+                                "tiny base: pretrained frozen tower, alignment, instruction tuning; then evaluate it",
+                                train_llava_base.__doc__),
     "train-dpo": Command(train_dpo.DPORecipe, train_dpo.train_dpo, "POVID: stage 1 (text DPO), stage 2 (+ "
                          "noise-triggered DPO), the SFT control, evaluation", train_dpo.__doc__),
     "eval": Command(evaluate.EvaluateConfig, evaluate.evaluate_model, "CHAIR (captions) and POPE "

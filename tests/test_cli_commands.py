@@ -104,6 +104,19 @@ def test_train_dpo_option_errors_are_one_line_naming_the_flag(tmp_path, capsys, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--extra-noise", "0.8,x"], "option '--extra-noise': expected comma-separated rates, got '0.8,x'"),
+    (["--instruct", "2000"], "option '--instruct': expected STEPS:LR, got '2000'"),
+    (["--partner-noise", "1.5"], "option '--partner-noise'"),
+])
+def test_train_llava_base_option_errors_are_one_line_naming_the_flag(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as stop:
+        main(["train-llava-base", "--out", str(tmp_path / "out"), *flags])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and err.startswith(f"halluremedy: error: {message}"), err
+    assert not (tmp_path / "out").exists()
+
+
 def test_train_sft_through_the_cli_at_toy_size(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["train-sft", "--data", "scenes", "--out", "base", "--cycles", "3:1e-3:40", "2:5e-4:40",
