@@ -78,7 +78,7 @@ class DPORecipe:
     preference: PairsSection = section(PairsSection())
     lora: LoraSection = section(LoraSection())
     objective: ObjectiveSection = section(ObjectiveSection(nll_alpha=1.0, noise_positions=("present",)))
-    loop: LoopSection = section(LoopSection(lr=2e-4))
+    loop: LoopSection = section(LoopSection(lr=5e-5))
     eval: EvalSection = section(EvalSection())
     run: RunSection = section(RunSection(out="runs/povid"))
 

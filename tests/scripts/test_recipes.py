@@ -174,7 +174,7 @@ def test_train_dpo_resume_refuses_changed_settings_in_one_line(user_data, load_s
     finished = (tmp_path / "out" / "stage1" / "model" / "model.safetensors").stat().st_mtime_ns
     capsys.readouterr()  # the training run's progress bars
     message = _refused(recipe, [*argv, "--lr", "1e-3"], capsys)
-    assert "--resume into a run made with other settings: tuning.lr: 0.0002 -> 0.001" in message
+    assert "--resume into a run made with other settings: tuning.lr: 5e-05 -> 0.001" in message
     assert run_main(recipe.main, [*argv, "--lr", "1e-3", "--resume-with-changes"]) == 0  # reuses the finished stage
     assert (tmp_path / "out" / "stage1" / "model" / "model.safetensors").stat().st_mtime_ns == finished
     capsys.readouterr()
