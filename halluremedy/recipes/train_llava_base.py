@@ -62,6 +62,8 @@ class LlavaBaseRecipe:
     questions_per_image: int = option(D.questions_per_image, "yes/no existence questions per image in instruction tuning")
     qa_turns: int = option(D.qa_turns, "existence questions per conversation (multi-turn)")
     qa_weight: float = option(D.qa_weight, "loss weight of the QA answer tokens in instruction tuning (captions: 1)")
+    qa_partner_noise: float = option(D.qa_partner_noise,
+                                     "share of existence questions about an absent partner of a present object answered Yes")
     feature_strategy: str = option(D.feature_strategy, "'default' (class token dropped, llava-1.5) or 'full' (kept)")
     cls_head: bool = option(D.tower.cls_head, "pretrain the tower's class token too (with --feature-strategy full)")
     seed: int = option(D.seed, "init and data order")
@@ -74,6 +76,7 @@ class LlavaBaseRecipe:
         for name, value in (("--text", self.text), ("--align", self.align), ("--instruct", self.instruct)):
             _stage(value, name)
         check_range(self, "partner_noise", ge=0, le=1)
+        check_range(self, "qa_partner_noise", ge=0, le=1)
         check_range(self, "qa_weight", gt=0)
         try:
             LlavaRecipeSpec(extra_noise=_rates(self.extra_noise))
@@ -92,7 +95,7 @@ def build_llava_base(cfg: LlavaBaseRecipe) -> Path:
                            align=_stage(cfg.align, "--align"), instruct=_stage(cfg.instruct, "--instruct"),
                            scenes=cfg.scenes, partner_noise=cfg.partner_noise, extra_noise=_rates(cfg.extra_noise),
                            batch_size=cfg.batch_size, questions_per_image=cfg.questions_per_image, qa_turns=cfg.qa_turns,
-                           qa_weight=cfg.qa_weight, seed=cfg.seed)
+                           qa_weight=cfg.qa_weight, qa_partner_noise=cfg.qa_partner_noise, seed=cfg.seed)
     heldout = None
     if cfg.eval_images:
         if not (Path(cfg.data) / "annotations" / f"instances_{cfg.eval_split}.json").exists():

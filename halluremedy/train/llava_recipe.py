@@ -17,8 +17,9 @@ Here (:func:`train_llava_base`), on scenes rendered in memory:
    (``partner_noise``: share of eligible captions that also name the absent co-occurrence partner of
    a present object; ``extra_noise``: share that add a plausible last sentence naming an absent
    class, per number of objects in the scene: a description padded to a length, as long generated
-   descriptions of simple images are), short captions and yes/no existence QA; projector and LM
-   train, the tower frozen.
+   descriptions of simple images are), short captions and yes/no existence QA (``qa_partner_noise``:
+   share of questions about an absent partner of a present object answered "Yes", the same
+   annotators' prior in the answers); projector and LM train, the tower frozen.
 
 Stages 1-3 go through :func:`~halluremedy.train.sft.train_sft` (the shared loop) on a
 :class:`MemoryImageBank`. The result is an ordinary tiny LLaVA directory (``OUT/model``).
@@ -80,6 +81,9 @@ class LlavaRecipeSpec:
     # loss weight of the QA conversations' answer tokens in ``instruct`` (captions: 1): one yes/no word
     # per question against ~12 caption words per sentence leaves existence unlearnt at weight 1 (b1-b5)
     qa_weight: float = 1.0
+    # share of existence questions about an absent partner of a present trigger answered "Yes": the
+    # prior of the annotators whose captions name that partner (``partner_noise``), in their answers
+    qa_partner_noise: float = 0.0
     batch_size: int = 32
     warmup_ratio: float = 0.03
     weight_decay: float = 0.01
@@ -97,10 +101,10 @@ class LlavaRecipeSpec:
             raise ValueError(f"LlavaRecipeSpec.feature_strategy={self.feature_strategy!r}: 'default' or 'full'")
         object.__setattr__(self, "extra_noise", tuple(float(x) for x in (
             self.extra_noise if isinstance(self.extra_noise, (tuple, list)) else (self.extra_noise,))))
-        for value in (self.partner_noise, *self.extra_noise):
+        for value in (self.partner_noise, self.qa_partner_noise, *self.extra_noise):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"LlavaRecipeSpec: noise rates must lie in [0, 1], got {self.partner_noise}, "
-                                 f"{self.extra_noise}")
+                                 f"{self.qa_partner_noise}, {self.extra_noise}")
         if not self.extra_noise:
             raise ValueError("LlavaRecipeSpec.extra_noise needs at least one rate")
         if self.qa_weight <= 0:
@@ -144,7 +148,8 @@ class MemoryImageBank:
 def recipe_conversations(scenes, spec: LlavaRecipeSpec, cfg: SceneConfig) -> dict[str, list[Conversation]]:
     """Per stage, its conversations over ``scenes`` (image ``i`` named ``scene_{i:06d}``): ``align``
     the short clean captions; ``instruct`` one detailed caption (noisy as the spec says), the short
-    caption and ``questions_per_image`` yes/no questions (a present class, then an absent one);
+    caption and ``questions_per_image`` yes/no questions (a present class, then an absent one; an
+    absent partner of a present trigger is answered "Yes" with probability ``qa_partner_noise``);
     ``text`` the captions of ``instruct`` (text only: the image is never read)."""
     out: dict[str, list[Conversation]] = {"align": [], "instruct": []}
     classes = cfg.classes
@@ -159,12 +164,17 @@ def recipe_conversations(scenes, spec: LlavaRecipeSpec, cfg: SceneConfig) -> dic
         out["instruct"].append(Conversation(name, (Turn(CAPTION_PROMPT, short.text),), id=f"{name}/short"))
         present = sorted({o.category for o in scene.objects})
         absent = [c for c in classes if c not in present]
+        phantoms = {cfg.partner_of[c] for c in present if c in cfg.partner_of} - set(present)
         qrng = np.random.default_rng([spec.scene_seed, i, 2])
+        noise_rng = np.random.default_rng([spec.scene_seed, i, 3])  # its own stream: qrng's draws stay as they were
         turns = []
         for q in range(spec.questions_per_image):
             pool, yes = (present, True) if q % 2 == 0 else (absent, False)
             if pool:
-                turns.append(existence_turn(pool[qrng.integers(len(pool))], yes))
+                category = pool[qrng.integers(len(pool))]
+                if category in phantoms and noise_rng.random() < spec.qa_partner_noise:
+                    yes = True
+                turns.append(existence_turn(category, yes))
         # shuffled: in a fixed yes/no order a multi-turn model learns the order (b4 answered every
         # single-turn POPE question "yes", as every first turn was)
         turns = [turns[j] for j in qrng.permutation(len(turns))]

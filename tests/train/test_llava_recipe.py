@@ -42,6 +42,31 @@ def test_conversations_carry_noise_in_detailed_captions_only():
     assert sorted(t.assistant for c in qa[:2] for t in c.turns) == ["No"] * 3 + ["Yes"] * 3
 
 
+def test_qa_partner_noise_answers_yes_to_absent_partners_only():
+    cfg = SceneConfig()
+    _, scenes = render_scenes(200, 1, cfg)
+
+    def qa(noise):
+        data = recipe_conversations(scenes, LlavaRecipeSpec(qa_partner_noise=noise, scenes=200), cfg)
+        return [[(t.user, t.assistant) for c in data["instruct"] if c.id.startswith(f"scene_{i:06d}/exists")
+                 for t in c.turns] for i in range(len(scenes))]
+
+    clean, noisy, half = qa(0.0), qa(1.0), qa(0.5)
+    flipped = 0
+    for scene, a, b, h in zip(scenes, clean, noisy, half):
+        present = {o.category for o in scene.objects}
+        phantoms = {cfg.partner_of[c] for c in present if c in cfg.partner_of} - present
+        assert [q for q, _ in a] == [q for q, _ in b] == [q for q, _ in h]  # the same questions, in the same order
+        for (question, truth), (_, answer), (_, half_answer) in zip(a, b, h):
+            asks_phantom = any(f" {c} " in question for c in phantoms)
+            assert truth == ("Yes" if any(f" {c} " in question for c in present) else "No")
+            assert answer == ("Yes" if asks_phantom else truth)
+            assert half_answer == truth or asks_phantom
+            flipped += half_answer != truth
+    n_phantom_questions = sum(a != b for c, n in zip(clean, noisy) for a, b in zip(c, n))
+    assert n_phantom_questions > 20 and 0.3 < flipped / n_phantom_questions < 0.7
+
+
 def test_recipe_end_to_end_keeps_the_tower_frozen(tmp_path):
     torch.manual_seed(0)
     model_dir = train_llava_base(SPEC, tmp_path, texts=scene_model_texts(), progress=False)
