@@ -16,8 +16,8 @@ Writes ``OUT/summary.json`` and ``OUT/summary.md``.
 with a 95% interval that resamples seeds and images together. Use it when the effects are as small as the
 held-out sample's own noise (about ±0.01 at 1000 images)::
 
-    python -m halluremedy.data.scenes --out runs/scenes_test --split test --n 10000 --seed 7
-    python scripts/povid_experiment.py --seeds 0 1 2 3 4 --out runs/povid_sn --test-data runs/scenes_test \
+    halluremedy scenes --out runs/scenes_test --split test --n 10000 --seed 7
+    python scripts/povid_experiment.py --seeds 0 1 2 3 4 --out runs/povid_sn --test-data runs/scenes_test \\
         --test-split test -- --model runs/base_robust/model ...
 """
 

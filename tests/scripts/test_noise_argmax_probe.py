@@ -3,14 +3,15 @@
 import torch
 
 
-def test_probe_counts_every_response_token(tiny_coco, tiny_llava_factory, load_script):
+def test_probe_counts_every_response_token(tiny_coco, tiny_llava_factory):
     from halluremedy.data.conversation import ConversationEncoder, Turn
     from halluremedy.generate.pairs import caption_prompt_by_index
     from halluremedy.models.llava import image_seq_length
+    from halluremedy.recipes.noise_probe import probe
 
     model, processor = tiny_llava_factory(0)
     model.eval()
-    result = load_script("noise_argmax_probe").probe(model, processor, tiny_coco, [0, 999], seed=0)
+    result = probe(model, processor, tiny_coco, [0, 999], seed=0)
     encoder = ConversationEncoder(processor.tokenizer, image_seq_length(model))
     n_tokens = sum(sum(label != -100 for label in encoder.encode([Turn(caption_prompt_by_index(c, cap), cap)])[1])
                    for im in tiny_coco.images for c, cap in enumerate(im.captions))
