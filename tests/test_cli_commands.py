@@ -108,6 +108,7 @@ def test_train_dpo_option_errors_are_one_line_naming_the_flag(tmp_path, capsys, 
     (["--extra-noise", "0.8,x"], "option '--extra-noise': expected comma-separated rates, got '0.8,x'"),
     (["--instruct", "2000"], "option '--instruct': expected STEPS:LR, got '2000'"),
     (["--partner-noise", "1.5"], "option '--partner-noise'"),
+    (["--qa-partner-noise", "-0.1"], "option '--qa-partner-noise'"),
 ])
 def test_train_llava_base_option_errors_are_one_line_naming_the_flag(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as stop:

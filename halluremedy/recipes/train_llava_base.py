@@ -90,6 +90,7 @@ class LlavaBaseRecipe:
 def build_llava_base(cfg: LlavaBaseRecipe) -> Path:
     """Run the recipe of ``cfg`` into ``OUT`` (``OUT/model``, ``OUT/tower``, ``OUT/eval.json``); returns ``OUT/model``."""
     torch.set_num_threads(cfg.threads)
+    print("recipe:", json.dumps(asdict(cfg)), flush=True)  # a log names the run it records
     spec = LlavaRecipeSpec(tower=replace(D.tower, steps=cfg.tower_steps, cls_head=cfg.cls_head),
                            feature_strategy=cfg.feature_strategy, text=_stage(cfg.text, "--text"),
                            align=_stage(cfg.align, "--align"), instruct=_stage(cfg.instruct, "--instruct"),
