@@ -94,6 +94,12 @@ class PreferenceObjective:
                              f"got {self.noise_positions!r}")
 
     @property
+    def noise_term(self) -> bool:
+        """Whether a step runs the noised forwards: stage 2 with ``weight_noise > 0`` (at 0, POVID's
+        text-only ablation, the noise term would only be computed to be multiplied by zero)."""
+        return self.stage == 2 and self.weight_noise > 0
+
+    @property
     def noise_position_rules(self) -> frozenset[str]:
         return frozenset() if self.noise_positions == "all" else frozenset(self.noise_positions.split(","))
 
@@ -285,7 +291,8 @@ def preference_loss(objective: PreferenceObjective, batch: PreferenceBatch, pol:
                             chosen_lengths=pol.lengths[c], rejected_lengths=pol.lengths[r])
         losses, metrics = out.losses, out.metrics()
     else:
-        noise = PairLogps(pol.summed[c], pol.noise[c], ref_summed[c], ref.noise.to(pol.summed.device)[c])
+        noise = None if not objective.noise_term else \
+            PairLogps(pol.summed[c], pol.noise[c], ref_summed[c], ref.noise.to(pol.summed.device)[c])
         out = povid_stage2_loss(text, noise, beta=objective.beta, weight_text=objective.weight_text,
                                 weight_noise=objective.weight_noise)
         losses, metrics = out.losses, out.metrics()
@@ -319,7 +326,8 @@ def precompute_reference(model: torch.nn.Module, batches: PreferenceBatches, obj
                          epochs: int, seed: int, path: str | os.PathLike, *, batch_size: int = 16) -> dict:
     """Score every record with the reference once and cache the sums in ``path`` (safetensors).
 
-    Saved: ``chosen`` (n,), ``rejected`` (n, k_max) (NaN-padded), and for stage 2 ``noise`` (epochs, n):
+    Saved: ``chosen`` (n,), ``rejected`` (n, k_max) (NaN-padded), and ``noise`` (epochs, n) where the
+    objective has a noise term (else (0, n)):
     the reference's argmax-token sums under the noise each record gets in each epoch. Keyed by
     record index; the file's metadata holds the seed, stage and record count it is valid for. Under
     torchrun every rank scores its share of the records and gets the whole cache; rank 0 writes the file.
@@ -332,7 +340,7 @@ def precompute_reference(model: torch.nn.Module, batches: PreferenceBatches, obj
     # Each rank scores every world-th chunk of records; the sums of the zero-filled tables are the cache.
     chosen = torch.zeros(n)
     rejected = torch.zeros(n, k_max)
-    noise = torch.zeros(epochs if objective.stage == 2 else 0, n)
+    noise = torch.zeros(epochs if objective.noise_term else 0, n)
     model.eval()
     starts = range(shard.rank * batch_size, n, batch_size * shard.world)
     with torch.no_grad():
@@ -403,7 +411,7 @@ def train_preference(policy: torch.nn.Module, batches: PreferenceBatches, object
         batch, images01, ref, epoch = load_micro_batch(batches, index, reference, device, backend)
         clean = batches.bank.normalize(images01).to(policy.dtype)
         noised = None
-        if objective.stage == 2:
+        if objective.noise_term:
             noised = noised_images(batches.bank, images01, batch.records, seed=seed, epoch=epoch,
                                    step=objective.noise_step).to(policy.dtype)
         loss, metrics = preference_step(policy, reference, objective, batch, clean, noised, ref)
@@ -437,8 +445,9 @@ def load_micro_batch(batches: PreferenceBatches, index: int, reference: Referenc
 
 
 def load_reference_cache(path: str | os.PathLike, *, seed: int, stage: int, records: int,
-                         noise_positions: str = "all") -> dict[str, torch.Tensor]:
-    """Load a cache written by ``precompute_reference``; refuse one made for other data or settings."""
+                         noise_positions: str = "all", noise_term: bool = False) -> dict[str, torch.Tensor]:
+    """Load a cache written by ``precompute_reference``; refuse one made for other data or settings,
+    or without the noise sums a run with a noise term (``noise_term``) reads."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
@@ -446,4 +455,8 @@ def load_reference_cache(path: str | os.PathLike, *, seed: int, stage: int, reco
     want = {"seed": str(seed), "stage": str(stage), "records": str(records), "noise_positions": noise_positions}
     if any(meta.get(k, "all" if k == "noise_positions" else None) != v for k, v in want.items()):
         raise ValueError(f"{path}: reference cache made for {meta}, not {want}")
-    return load_file(str(path))
+    cache = load_file(str(path))
+    if noise_term and not cache["noise"].numel():
+        raise ValueError(f"{path}: reference cache has no noise sums (made with weight_noise 0); this run has a "
+                         "noise term: delete the file to recompute it")
+    return cache

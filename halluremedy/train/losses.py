@@ -164,11 +164,11 @@ def dpo_objective(logps: PairLogps, *, loss_type: LossType = "sigmoid", beta: fl
 
 @dataclass(frozen=True)
 class PovidStage2Loss:
-    """POVID stage 2: the weighted sum (B,) and both sigmoid-DPO parts."""
+    """POVID stage 2: the weighted sum (B,) and both sigmoid-DPO parts (``noise`` None: no noise term)."""
 
     losses: Tensor  # weight_text * text.losses + weight_noise * noise.losses
     text: PreferenceLoss
-    noise: PreferenceLoss
+    noise: PreferenceLoss | None
 
     @property
     def loss(self) -> Tensor:
@@ -178,11 +178,12 @@ class PovidStage2Loss:
         """``loss`` of the sum, then each part's metrics under ``text/`` and ``noise/``."""
         out = {"loss": self.losses.detach().mean()}
         for name, part in (("text", self.text), ("noise", self.noise)):
-            out.update({f"{name}/{k}": v for k, v in part.metrics().items()})
+            if part is not None:
+                out.update({f"{name}/{k}": v for k, v in part.metrics().items()})
         return out
 
 
-def povid_stage2_loss(text: PairLogps, noise: PairLogps, *, beta: float = 0.1, weight_text: float = 0.5,
+def povid_stage2_loss(text: PairLogps, noise: PairLogps | None, *, beta: float = 0.1, weight_text: float = 0.5,
                       weight_noise: float = 0.5) -> PovidStage2Loss:
     """POVID stage 2: ``weight_text * L_text + weight_noise * L_noise``, two sigmoid DPO losses, one beta.
 
@@ -197,6 +198,12 @@ def povid_stage2_loss(text: PairLogps, noise: PairLogps, *, beta: float = 0.1, w
       under the same noised image. Where a_t equals the ground-truth token y+_t, the position adds
       the same log-prob to the chosen and the rejected sum of that model, so it cancels in h: only
       positions where the noised image changes the model's prediction train the noise term.
+    * ``noise`` None (the text-only ablation, ``weight_noise`` 0): ``weight_text * L_text`` alone.
     """
-    text_loss, noise_loss = sigmoid_loss(text, beta), sigmoid_loss(noise, beta)
+    text_loss = sigmoid_loss(text, beta)
+    if noise is None:
+        if weight_noise:
+            raise ValueError(f"povid_stage2_loss: weight_noise={weight_noise} needs the noise pair")
+        return PovidStage2Loss(weight_text * text_loss.losses, text_loss, None)
+    noise_loss = sigmoid_loss(noise, beta)
     return PovidStage2Loss(weight_text * text_loss.losses + weight_noise * noise_loss.losses, text_loss, noise_loss)

@@ -135,7 +135,8 @@ def run_preference_stage(model_dir: str | os.PathLike, records: list[PreferenceR
         out_dir.mkdir(parents=True, exist_ok=True)
         if resume and path.exists():
             ref.cache = load_reference_cache(path, seed=spec.seed, stage=objective.stage, records=len(records),
-                                             noise_positions=objective.noise_positions)
+                                             noise_positions=objective.noise_positions,
+                                             noise_term=objective.noise_term)
         else:
             scope = model.disable_adapter() if spec.lora else contextlib.nullcontext()
             with scope:

@@ -16,6 +16,7 @@ from halluremedy.train.dpo import (
     PreferenceObjective,
     Reference,
     cached_reference,
+    load_reference_cache,
     precompute_reference,
     preference_step,
     reference_logps,
@@ -249,3 +250,44 @@ def test_preference_step_matches_float64_transcription(setup, tiny_coco, stage, 
     assert got and got.keys() == {n for n, p in policy.named_parameters() if p.grad is not None}
     for name, grad in got.items():
         torch.testing.assert_close(grad, policy.get_parameter(name).grad.float(), atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_text_only_stage2_is_the_text_term_without_the_noised_forwards(setup, monkeypatch, tmp_path):
+    """weight_noise 0 (POVID's text-only ablation): no noised forward runs, in the step or the reference
+    cache, and the step is stage 1's sigmoid DPO + NLL scaled by weight_text, loss and LoRA gradients."""
+    model, _, _, batches = setup
+    torch.manual_seed(5)
+    policy = add_lora(model, r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    batch = batches.batch(0)
+    clean = batches.bank.normalize(batches.bank.get01(batch.files))
+    stage1 = PreferenceObjective(stage=1, beta=0.1, nll_alpha=0.4)
+    want, _ = preference_step(policy, Reference("adapter"), stage1, batch, clean, None)
+    want.backward()
+    want_grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+    policy.zero_grad()
+
+    def no_noised_forward(*args, **kwargs):
+        raise AssertionError("a noised forward ran with weight_noise 0")
+
+    monkeypatch.setattr("halluremedy.train.dpo.noise_argmax", no_noised_forward)
+    text_only = PreferenceObjective(stage=2, beta=0.1, nll_alpha=0.4, weight_text=1.0, weight_noise=0.0)
+    assert not text_only.noise_term and PreferenceObjective(stage=2).noise_term
+    loss, metrics = preference_step(policy, Reference("adapter"), text_only, batch, clean, None)
+    assert loss.item() == pytest.approx(want.item(), abs=1e-6)
+    assert "text/rewards/margin" in metrics and not any(k.startswith("noise/") for k in metrics)
+    loss.backward()
+    assert want_grads and want_grads.keys() == {n for n, p in policy.named_parameters() if p.grad is not None}
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(policy.get_parameter(name).grad, grad, atol=1e-6, rtol=1e-5, msg=name)
+
+    path = tmp_path / "ref.safetensors"
+    with policy.disable_adapter():
+        cache = precompute_reference(policy, batches, text_only, epochs=2, seed=7, path=path, batch_size=2)
+    assert cache["noise"].shape == (0, len(batches))
+    assert load_reference_cache(path, seed=7, stage=2, records=len(batches))["chosen"].shape == (len(batches),)
+    with pytest.raises(ValueError, match="no noise sums"):
+        load_reference_cache(path, seed=7, stage=2, records=len(batches), noise_term=True)

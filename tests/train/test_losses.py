@@ -183,6 +183,15 @@ def test_povid_stage2_combination(weights):
     assert {"text/loss", "noise/rewards/accuracy", "text/rewards/margin"} <= m.keys()
 
 
+def test_povid_stage2_without_a_noise_pair_is_the_weighted_text_term():
+    text = random_logps(seed=9)
+    out = povid_stage2_loss(PairLogps(*text), None, beta=0.1, weight_text=0.7, weight_noise=0.0)
+    torch.testing.assert_close(out.losses, 0.7 * ref_sigmoid(*text, 0.1), rtol=1e-12, atol=1e-12)
+    assert out.noise is None and not any(k.startswith("noise/") for k in out.metrics())
+    with pytest.raises(ValueError, match="needs the noise pair"):
+        povid_stage2_loss(PairLogps(*text), None, beta=0.1, weight_noise=0.5)
+
+
 def test_noise_positions_where_argmax_is_ground_truth_contribute_nothing():
     torch.manual_seed(0)
     batch, steps, vocab = 3, 6, 11
