@@ -204,6 +204,17 @@ def _transcribed_logps(model, encoder, bank, record, clean, noised, rules, prese
     return logp.gather(1, chosen[:, None]).sum(), rejected, noise, len(chosen)
 
 
+def _random_lora(model, *, seed: int):
+    """LoRA r=4 with random B (at init B = 0 and the policy equals the reference)."""
+    torch.manual_seed(seed)
+    policy = add_lora(model, r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return policy
+
+
 @pytest.mark.parametrize(("stage", "positions", "nll_alpha"),
                          [(1, "all", 0.0), (1, "all", 0.7), (2, "all", 0.0), (2, "seen", 0.0), (2, "novel", 0.3),
                           (2, "seen,novel,present", 0.0)])
@@ -211,12 +222,7 @@ def test_preference_step_matches_float64_transcription(setup, tiny_coco, stage, 
     """The one step (reference, policy, loss) against a float64 transcription of POVID's formulas,
     loss and every LoRA gradient, on random adapters: 3 records of odd lengths, 1 or 2 rejected each."""
     model, all_records, encoder, batches = setup
-    torch.manual_seed(3)
-    policy = add_lora(model, r=4, alpha=8, dropout=0.0)
-    with torch.no_grad():
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
+    policy = _random_lora(model, seed=3)
     objective = PreferenceObjective(stage=stage, beta=0.1, nll_alpha=nll_alpha, noise_positions=positions)
     batch = batches.batch(0)
     bank = batches.bank
@@ -256,12 +262,7 @@ def test_text_only_stage2_is_the_text_term_without_the_noised_forwards(setup, mo
     """weight_noise 0 (POVID's text-only ablation): no noised forward runs, in the step or the reference
     cache, and the step is stage 1's sigmoid DPO + NLL scaled by weight_text, loss and LoRA gradients."""
     model, _, _, batches = setup
-    torch.manual_seed(5)
-    policy = add_lora(model, r=4, alpha=8, dropout=0.0)
-    with torch.no_grad():
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
+    policy = _random_lora(model, seed=5)
     batch = batches.batch(0)
     clean = batches.bank.normalize(batches.bank.get01(batch.files))
     stage1 = PreferenceObjective(stage=1, beta=0.1, nll_alpha=0.4)
