@@ -408,7 +408,8 @@ def train_preference(policy: torch.nn.Module, batches: PreferenceBatches, object
         if backend not in backends:
             backends.append(backend)
             tqdm.write(f"packed attention on {device}: {backend} ({BACKEND_NAMES[backend]})")
-        batch, images01, ref, epoch = load_micro_batch(batches, index, reference, device, backend)
+        batch, images01, ref, epoch = load_micro_batch(batches, index, reference, device, backend,
+                                                       noise_term=objective.noise_term)
         clean = batches.bank.normalize(images01).to(policy.dtype)
         noised = None
         if objective.noise_term:
@@ -423,9 +424,11 @@ def train_preference(policy: torch.nn.Module, batches: PreferenceBatches, object
 
 
 def load_micro_batch(batches: PreferenceBatches, index: int, reference: Reference, device: torch.device,
-                     backend: str | None = None) -> tuple[PreferenceBatch, torch.Tensor, StepLogps | None, int]:
+                     backend: str | None = None, *, noise_term: bool = False
+                     ) -> tuple[PreferenceBatch, torch.Tensor, StepLogps | None, int]:
     """The host side of micro-batch ``index``: its batch (index tensors built on the CPU, then moved
-    to ``device`` with the attention structures ``backend`` reads built), its [0, 1] images on
+    to ``device`` with the attention structures ``backend`` reads built: for the ``[P | y+]`` pack
+    too only with ``noise_term``, as only the noised forwards read it), its [0, 1] images on
     ``device``, the cached reference sums (``--reference precomputed``, else None) and its epoch.
     Every host-side read of the step happens here, on CPU tensors; nothing after it reads the device."""
     batch = batches.batch(index)
@@ -437,7 +440,7 @@ def load_micro_batch(batches: PreferenceBatches, index: int, reference: Referenc
     images01 = batches.bank.get01(batch.files).to(device, non_blocking=True)
     channel_stats(batches.bank)  # read once, here: the noise needs them as Python floats
     batch = batch.to(device)
-    for packed in (batch.scored, batch.chosen_only):
+    for packed in (batch.scored, batch.chosen_only) if noise_term else (batch.scored,):
         packed.image_rows(batches.image_token_id)
         if backend is not None:
             packed.prepare_attention(backend)
