@@ -109,6 +109,8 @@ def test_train_dpo_option_errors_are_one_line_naming_the_flag(tmp_path, capsys, 
     (["--instruct", "2000"], "option '--instruct': expected STEPS:LR, got '2000'"),
     (["--partner-noise", "1.5"], "option '--partner-noise'"),
     (["--qa-partner-noise", "-0.1"], "option '--qa-partner-noise'"),
+    (["--text-hidden", "100"], "option '--text-hidden': must be a multiple of 32"),
+    (["--text-layers", "0"], "option '--text-layers'"),
 ])
 def test_train_llava_base_option_errors_are_one_line_naming_the_flag(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as stop:
@@ -126,3 +128,12 @@ def test_train_sft_through_the_cli_at_toy_size(tmp_path, monkeypatch):
     assert "| base |" in summary and "`model`" in summary and "`cycle1/metrics.png`" in summary
     assert "cycles: ['3:1e-3:40', '2:5e-4:40']" in summary
     assert (tmp_path / "base" / "model" / "config.json").is_file()
+
+
+def test_train_llava_base_defaults_are_the_shipped_recipe_and_size_the_lm():
+    from halluremedy.recipes.train_llava_base import LlavaBaseRecipe
+    from halluremedy.train.llava_recipe import LlavaRecipeSpec
+
+    assert LlavaBaseRecipe().spec() == LlavaRecipeSpec()
+    wide = LlavaBaseRecipe(text_hidden=192, text_layers=4, qa_weight=1.4).spec().model_spec()
+    assert (wide.text_hidden, wide.text_layers, wide.text_heads, wide.text_intermediate) == (192, 4, 6, 384)

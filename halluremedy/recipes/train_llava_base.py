@@ -66,6 +66,8 @@ class LlavaBaseRecipe:
                                      "share of existence questions about an absent partner of a present object answered Yes")
     feature_strategy: str = option(D.feature_strategy, "'default' (class token dropped, llava-1.5) or 'full' (kept)")
     cls_head: bool = option(D.tower.cls_head, "pretrain the tower's class token too (with --feature-strategy full)")
+    text_hidden: int = option(D.text_hidden, "the LM's width (its MLP is twice as wide; heads of 32)")
+    text_layers: int = option(D.text_layers, "the LM's decoder layers")
     seed: int = option(D.seed, "init and data order")
     data: str = option("runs/scenes", "scene root whose EVAL_SPLIT is evaluated on (the default world's; made if absent)")
     eval_split: str = option("val", "held-out split")
@@ -82,21 +84,29 @@ class LlavaBaseRecipe:
             LlavaRecipeSpec(extra_noise=_rates(self.extra_noise))
         except ValueError as e:
                 raise ConfigError(f"option '--extra-noise': {e}") from None
-        for name in ("scenes", "batch_size", "threads", "tower_steps", "qa_turns"):
+        if self.text_hidden % 32:
+            raise ConfigError(f"option '--text-hidden': must be a multiple of 32 (heads of 32), got {self.text_hidden}")
+        for name in ("scenes", "batch_size", "threads", "tower_steps", "qa_turns", "text_layers"):
             check_range(self, name, ge=1)
         check_range(self, "eval_images", ge=0)
+
+    def spec(self) -> LlavaRecipeSpec:
+        """The recipe these options define (the LM: heads of 32, an MLP twice its width)."""
+        return LlavaRecipeSpec(tower=replace(D.tower, steps=self.tower_steps, cls_head=self.cls_head),
+                               feature_strategy=self.feature_strategy, text=_stage(self.text, "--text"),
+                               align=_stage(self.align, "--align"), instruct=_stage(self.instruct, "--instruct"),
+                               scenes=self.scenes, partner_noise=self.partner_noise, extra_noise=_rates(self.extra_noise),
+                               batch_size=self.batch_size, questions_per_image=self.questions_per_image, qa_turns=self.qa_turns,
+                               qa_weight=self.qa_weight, qa_partner_noise=self.qa_partner_noise, seed=self.seed,
+                               text_hidden=self.text_hidden, text_layers=self.text_layers, text_heads=self.text_hidden // 32,
+                               text_intermediate=2 * self.text_hidden)
 
 
 def build_llava_base(cfg: LlavaBaseRecipe) -> Path:
     """Run the recipe of ``cfg`` into ``OUT`` (``OUT/model``, ``OUT/tower``, ``OUT/eval.json``); returns ``OUT/model``."""
     torch.set_num_threads(cfg.threads)
     print("recipe:", json.dumps(asdict(cfg)), flush=True)  # a log names the run it records
-    spec = LlavaRecipeSpec(tower=replace(D.tower, steps=cfg.tower_steps, cls_head=cfg.cls_head),
-                           feature_strategy=cfg.feature_strategy, text=_stage(cfg.text, "--text"),
-                           align=_stage(cfg.align, "--align"), instruct=_stage(cfg.instruct, "--instruct"),
-                           scenes=cfg.scenes, partner_noise=cfg.partner_noise, extra_noise=_rates(cfg.extra_noise),
-                           batch_size=cfg.batch_size, questions_per_image=cfg.questions_per_image, qa_turns=cfg.qa_turns,
-                           qa_weight=cfg.qa_weight, qa_partner_noise=cfg.qa_partner_noise, seed=cfg.seed)
+    spec = cfg.spec()
     heldout = None
     if cfg.eval_images:
         if not (Path(cfg.data) / "annotations" / f"instances_{cfg.eval_split}.json").exists():
