@@ -111,6 +111,7 @@ def test_train_dpo_option_errors_are_one_line_naming_the_flag(tmp_path, capsys, 
     (["--qa-partner-noise", "-0.1"], "option '--qa-partner-noise'"),
     (["--text-hidden", "100"], "option '--text-hidden': must be a multiple of 32"),
     (["--text-layers", "0"], "option '--text-layers'"),
+    (["--detailed-order", "salience"], "option '--detailed-order': must be one of random, reading"),
 ])
 def test_train_llava_base_option_errors_are_one_line_naming_the_flag(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as stop:
@@ -135,5 +136,6 @@ def test_train_llava_base_defaults_are_the_shipped_recipe_and_size_the_lm():
     from halluremedy.train.llava_recipe import LlavaRecipeSpec
 
     assert LlavaBaseRecipe().spec() == LlavaRecipeSpec()
+    assert LlavaBaseRecipe(detailed_order="reading").spec().detailed_order == "reading"
     wide = LlavaBaseRecipe(text_hidden=192, text_layers=4, qa_weight=1.4).spec().model_spec()
     assert (wide.text_hidden, wide.text_layers, wide.text_heads, wide.text_intermediate) == (192, 4, 6, 384)

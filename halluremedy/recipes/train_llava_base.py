@@ -22,6 +22,7 @@ import torch
 
 from halluremedy.config import check_range, option
 from halluremedy.data.coco import CocoDataset
+from halluremedy.data.scenes.captions import DETAILED_ORDERS
 from halluremedy.errors import ConfigError
 from halluremedy.eval.run import EvalConfig, check_evaluation, evaluate_saved, format_table, summary_row
 from halluremedy.pipeline import ensure_scene_data, scene_model_texts
@@ -66,6 +67,8 @@ class LlavaBaseRecipe:
                                      "share of existence questions about an absent partner of a present object answered Yes")
     feature_strategy: str = option(D.feature_strategy, "'default' (class token dropped, llava-1.5) or 'full' (kept)")
     cls_head: bool = option(D.tower.cls_head, "pretrain the tower's class token too (with --feature-strategy full)")
+    detailed_order: str = option(D.detailed_order, "order detailed captions name objects in: random, or reading "
+                                                   "(left to right)")
     text_hidden: int = option(D.text_hidden, "the LM's width (its MLP is twice as wide; heads of 32)")
     text_layers: int = option(D.text_layers, "the LM's decoder layers")
     seed: int = option(D.seed, "init and data order")
@@ -84,6 +87,9 @@ class LlavaBaseRecipe:
             LlavaRecipeSpec(extra_noise=_rates(self.extra_noise))
         except ValueError as e:
                 raise ConfigError(f"option '--extra-noise': {e}") from None
+        if self.detailed_order not in DETAILED_ORDERS:
+            raise ConfigError(f"option '--detailed-order': must be one of {', '.join(DETAILED_ORDERS)}, "
+                              f"got {self.detailed_order!r}")
         if self.text_hidden % 32:
             raise ConfigError(f"option '--text-hidden': must be a multiple of 32 (heads of 32), got {self.text_hidden}")
         for name in ("scenes", "batch_size", "threads", "tower_steps", "qa_turns", "text_layers"):
@@ -98,6 +104,7 @@ class LlavaBaseRecipe:
                                scenes=self.scenes, partner_noise=self.partner_noise, extra_noise=_rates(self.extra_noise),
                                batch_size=self.batch_size, questions_per_image=self.questions_per_image, qa_turns=self.qa_turns,
                                qa_weight=self.qa_weight, qa_partner_noise=self.qa_partner_noise, seed=self.seed,
+                               detailed_order=self.detailed_order,
                                text_hidden=self.text_hidden, text_layers=self.text_layers, text_heads=self.text_hidden // 32,
                                text_intermediate=2 * self.text_hidden)
 

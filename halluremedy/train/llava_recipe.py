@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from halluremedy.data.conversation import IGNORE_INDEX, Conversation, ConversationEncoder, Turn, pad_right
-from halluremedy.data.scenes.captions import make_captions
+from halluremedy.data.scenes.captions import DETAILED_ORDERS, make_captions
 from halluremedy.data.scenes.world import SceneConfig
 from halluremedy.data.sft import existence_turn
 from halluremedy.models.llava import CLIP_MEAN, CLIP_STD, TinyLlavaSpec, build_tiny_llava, save_model
@@ -84,6 +84,8 @@ class LlavaRecipeSpec:
     # share of existence questions about an absent partner of a present trigger answered "Yes": the
     # prior of the annotators whose captions name that partner (``partner_noise``), in their answers
     qa_partner_noise: float = 0.0
+    # the order detailed captions name objects in (captions.DETAILED_ORDERS)
+    detailed_order: str = "random"
     batch_size: int = 32
     warmup_ratio: float = 0.03
     weight_decay: float = 0.01
@@ -97,6 +99,8 @@ class LlavaRecipeSpec:
     feature_strategy: str = "full"
 
     def __post_init__(self) -> None:
+        if self.detailed_order not in DETAILED_ORDERS:
+            raise ValueError(f"LlavaRecipeSpec.detailed_order={self.detailed_order!r}: one of {list(DETAILED_ORDERS)}")
         if self.feature_strategy not in ("default", "full"):
             raise ValueError(f"LlavaRecipeSpec.feature_strategy={self.feature_strategy!r}: 'default' or 'full'")
         object.__setattr__(self, "extra_noise", tuple(float(x) for x in (
@@ -158,7 +162,7 @@ def recipe_conversations(scenes, spec: LlavaRecipeSpec, cfg: SceneConfig) -> dic
         rng = np.random.default_rng([spec.scene_seed, i, 1])
         short, detailed = make_captions(scene, cfg, rng, 2, spec.partner_noise,
                                         extra_noise=spec.extra_rate(len(scene.objects)),
-                                        noise_styles=("detailed",))
+                                        noise_styles=("detailed",), detailed_order=spec.detailed_order)
         out["align"].append(Conversation(name, (Turn(CAPTION_PROMPT, short.text),), id=f"{name}/short"))
         out["instruct"].append(Conversation(name, (Turn(DETAILED_CAPTION_PROMPT, detailed.text),), id=f"{name}/detailed"))
         out["instruct"].append(Conversation(name, (Turn(CAPTION_PROMPT, short.text),), id=f"{name}/short"))

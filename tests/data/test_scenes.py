@@ -304,3 +304,27 @@ def test_extra_noise_adds_an_absent_object_last_and_noise_styles_restrict_it():
             assert mentions[-1] == detailed.phantom.category not in present and set(mentions[:-1]) <= present
             assert detailed.text.split(".")[-2].startswith(" there is also")
     assert extras == 60
+
+
+def test_reading_order_names_objects_left_to_right_and_keeps_the_random_stream():
+    from halluremedy.eval.chair import ObjectVocabulary
+
+    vocab = ObjectVocabulary.from_synonyms(SYNONYMS)
+    multi = 0
+    for i, scene in enumerate(scenes(200, seed=4)):
+        kwargs = dict(caption_noise=0.5, extra_noise=0.5, noise_styles=("detailed",))
+        random_caps = make_captions(scene, CFG, np.random.default_rng([4, i, 1]), 2, **kwargs)
+        reading_caps = make_captions(scene, CFG, np.random.default_rng([4, i, 1]), 2, detailed_order="reading", **kwargs)
+        assert reading_caps[0] == random_caps[0]  # the short caption is untouched
+        random_detailed, detailed = random_caps[1], reading_caps[1]
+        assert detailed.phantom == random_detailed.phantom and mentioned(detailed.text) == mentioned(random_detailed.text)
+        left_to_right = [o.category for o in sorted(scene.objects, key=lambda o: o.center)]
+        n_named = len(scene.objects)
+        named = [m.category for m in vocab.extract_mentions(detailed.text)]
+        first_seen = list(dict.fromkeys(named))
+        expected = list(dict.fromkeys(left_to_right))
+        assert first_seen[:len(expected)] == expected, (detailed.text, left_to_right)
+        multi += n_named > 2
+    assert multi > 50
+    with pytest.raises(ValueError, match="detailed_order"):
+        caption_scene(scenes(1)[0], "detailed", np.random.default_rng(0), detailed_order="salience")

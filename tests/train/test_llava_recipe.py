@@ -40,6 +40,18 @@ def test_conversations_carry_noise_in_detailed_captions_only():
     firsts = [c.turns[0].assistant for c in qa]
     assert 0.2 < firsts.count("Yes") / len(firsts) < 0.8  # the order is shuffled, not yes-first
     assert sorted(t.assistant for c in qa[:2] for t in c.turns) == ["No"] * 3 + ["Yes"] * 3
+    # reading order changes the detailed captions only
+    reading = recipe_conversations(scenes, LlavaRecipeSpec(partner_noise=1.0, extra_noise=1.0, scenes=30,
+                                                           detailed_order="reading"), cfg)
+    changed = 0
+    for a, b in zip(data["instruct"], reading["instruct"]):
+        if a.id.endswith("/detailed"):
+            changed += a.turns != b.turns
+        else:
+            assert a == b
+    assert changed > 5
+    with pytest.raises(ValueError, match="detailed_order"):
+        LlavaRecipeSpec(detailed_order="salience")
 
 
 def test_qa_partner_noise_answers_yes_to_absent_partners_only():

@@ -38,9 +38,12 @@ from halluremedy.data.scenes.world import (
 )
 from halluremedy.prompts import article
 
-__all__ = ["NUMBER_WORDS", "Phantom", "Caption", "plural", "sample_phantom", "caption_scene",
+__all__ = ["DETAILED_ORDERS", "NUMBER_WORDS", "Phantom", "Caption", "plural", "sample_phantom", "caption_scene",
            "make_captions", "scene_text_vocabulary"]
 
+# the orders a detailed caption can name its objects in: "random" (every caption its own), "reading"
+# (left to right: one order per image, so greedy decoding has one next object to name, not several)
+DETAILED_ORDERS = ("random", "reading")
 NUMBER_WORDS: dict[int, str] = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight",
                                 9: "nine"}
 _RELATION_PHRASES: dict[str, str] = {"left of": "to the left of", "right of": "to the right of",
@@ -120,8 +123,10 @@ def _short(scene: Scene, rng: np.random.Generator, phantom: Phantom | None) -> s
     return _join(phrases) + "."
 
 
-def _detailed(scene: Scene, rng: np.random.Generator, margin: float, phantom: Phantom | None) -> str:
-    """Objects in random order, each related to the one before; the phantom in a last sentence."""
+def _detailed(scene: Scene, rng: np.random.Generator, margin: float, phantom: Phantom | None,
+              order_by: str = "random") -> str:
+    """Objects in ``order_by`` order ("random", or "reading": left to right by centre, then top to
+    bottom), each related to the one before; the phantom in a last sentence."""
     objects = scene.objects
     nouns = [_noun(o.category, rng) for o in objects]
 
@@ -133,7 +138,9 @@ def _detailed(scene: Scene, rng: np.random.Generator, margin: float, phantom: Ph
         rel = relation_between(objects[i], objects[j], scene.image_size, margin)
         return _RELATION_PHRASES[rel] if rel else None
 
-    order = [int(k) for k in rng.permutation(len(objects))]
+    order = [int(k) for k in rng.permutation(len(objects))]  # drawn either way: the stream stays the same
+    if order_by == "reading":
+        order = sorted(range(len(objects)), key=lambda k: (objects[k].center[0], objects[k].center[1]))
     first = order[0]
     if len(order) == 1:
         sentences = [f"there is {phrase(first)}."]
@@ -154,15 +161,18 @@ def _detailed(scene: Scene, rng: np.random.Generator, margin: float, phantom: Ph
 
 
 def caption_scene(scene: Scene, style: str, rng: np.random.Generator, *, margin: float = 0.15,
-                  phantom: Phantom | None = None) -> str:
+                  phantom: Phantom | None = None, detailed_order: str = "random") -> str:
     """One caption of ``scene`` in ``style`` ("short" or "detailed"); with ``phantom`` it also
-    mentions that absent object. ``margin`` is the relation margin (see ``relations``)."""
+    mentions that absent object. ``margin`` is the relation margin (see ``relations``);
+    ``detailed_order`` the order a detailed caption names the objects in (``DETAILED_ORDERS``)."""
+    if detailed_order not in DETAILED_ORDERS:
+        raise ValueError(f"unknown detailed_order {detailed_order!r}; known: {list(DETAILED_ORDERS)}")
     if not scene.objects:
         raise ValueError("cannot caption a scene without objects")
     if style == "short":
         return _short(scene, rng, phantom)
     if style == "detailed":
-        return _detailed(scene, rng, margin, phantom)
+        return _detailed(scene, rng, margin, phantom, detailed_order)
     raise ValueError(f"unknown caption style {style!r}; known: {list(STYLES)}")
 
 
@@ -187,7 +197,7 @@ def _extra_sentence(scene: Scene, cfg: SceneConfig, style: str, rng: np.random.G
 
 def make_captions(scene: Scene, cfg: SceneConfig, rng: np.random.Generator, n: int,
                   caption_noise: float = 0.0, *, extra_noise: float = 0.0,
-                  noise_styles: tuple[str, ...] = STYLES) -> list[Caption]:
+                  noise_styles: tuple[str, ...] = STYLES, detailed_order: str = "random") -> list[Caption]:
     """``n`` captions; caption k has style ``cfg.caption_styles[k % len(cfg.caption_styles)]``.
 
     Each caption of a scene that has a present trigger with an absent partner is, with
@@ -196,7 +206,8 @@ def make_captions(scene: Scene, cfg: SceneConfig, rng: np.random.Generator, n: i
     With probability ``extra_noise`` a caption also ends with one more object of an absent class
     (its ``phantom`` is then that one, ``anchor=-1``, when the caption had none). Noise of either
     kind goes only into captions whose style is in ``noise_styles``. With ``extra_noise=0`` and
-    every style noisy, the random stream is the one earlier versions drew.
+    every style noisy, the random stream is the one earlier versions drew; ``detailed_order``
+    (see ``caption_scene``) leaves the stream as it is.
     """
     if not 0.0 <= caption_noise <= 1.0 or not 0.0 <= extra_noise <= 1.0:
         raise ValueError(f"caption_noise={caption_noise!r} and extra_noise={extra_noise!r} must lie in [0, 1]")
@@ -205,7 +216,8 @@ def make_captions(scene: Scene, cfg: SceneConfig, rng: np.random.Generator, n: i
         style = cfg.caption_styles[k % len(cfg.caption_styles)]
         noisy = style in noise_styles
         phantom = sample_phantom(scene, cfg, rng) if rng.random() < caption_noise and noisy else None
-        text = caption_scene(scene, style, rng, margin=cfg.relation_margin, phantom=phantom)
+        text = caption_scene(scene, style, rng, margin=cfg.relation_margin, phantom=phantom,
+                             detailed_order=detailed_order)
         if extra_noise and rng.random() < extra_noise and noisy:
             text, extra = _extra_sentence(scene, cfg, style, rng, text, phantom)
             phantom = phantom or extra
