@@ -16,7 +16,6 @@ import torch
 
 from halluremedy.data.coco import CocoDataset
 from halluremedy.data.conversation import ConversationEncoder
-from halluremedy.data.scenes.world import SceneConfig
 from halluremedy.eval.run import EvalConfig, evaluate
 from halluremedy.models.generate import Decoding
 from halluremedy.models.llava import load_model
@@ -36,9 +35,8 @@ def main() -> None:
     torch.set_num_threads(1)
     model, proc = load_model(model_dir)
     spec = LlavaRecipeSpec(questions_per_image=4, qa_turns=4, scenes=20000)
-    cfg = SceneConfig()
-    images, scenes = render_scenes(spec.scenes, spec.scene_seed, cfg)
-    data = [c for c in recipe_conversations(scenes, spec, cfg)["instruct"] if "/exists" in c.id]
+    images, scenes = render_scenes(spec.scenes, spec.scene_seed, spec.scene_config())
+    data = [c for c in recipe_conversations(scenes, spec)["instruct"] if "/exists" in c.id]
     bank = MemoryImageBank([f"scene_{i:06d}" for i in range(len(scenes))], images)
     encoder = ConversationEncoder(proc.tokenizer, model.config.image_seq_length, max_length=256)
     _freeze(model, "projector+lm")

@@ -22,7 +22,7 @@ import torch
 
 from halluremedy.config import check_range, option
 from halluremedy.data.coco import CocoDataset
-from halluremedy.data.scenes.captions import DETAILED_ORDERS
+from halluremedy.data.scenes.world import DETAILED_ORDERS
 from halluremedy.errors import ConfigError
 from halluremedy.eval.run import EvalConfig, check_evaluation, evaluate_saved, format_table, summary_row
 from halluremedy.pipeline import ensure_scene_data, scene_model_texts

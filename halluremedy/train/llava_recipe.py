@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from halluremedy.data.conversation import IGNORE_INDEX, Conversation, ConversationEncoder, Turn, pad_right
-from halluremedy.data.scenes.captions import DETAILED_ORDERS, make_captions
+from halluremedy.data.scenes.captions import make_captions
 from halluremedy.data.scenes.world import SceneConfig
 from halluremedy.data.sft import existence_turn
 from halluremedy.models.llava import CLIP_MEAN, CLIP_STD, TinyLlavaSpec, build_tiny_llava, save_model
@@ -84,7 +84,8 @@ class LlavaRecipeSpec:
     # share of existence questions about an absent partner of a present trigger answered "Yes": the
     # prior of the annotators whose captions name that partner (``partner_noise``), in their answers
     qa_partner_noise: float = 0.0
-    # the order detailed captions name objects in (captions.DETAILED_ORDERS)
+    # the order detailed captions name objects in (scenes.world.DETAILED_ORDERS); the same world's
+    # dataset (``halluremedy scenes --detailed-order``) gives POVID's preferred answers that order too
     detailed_order: str = "random"
     batch_size: int = 32
     warmup_ratio: float = 0.03
@@ -99,8 +100,7 @@ class LlavaRecipeSpec:
     feature_strategy: str = "full"
 
     def __post_init__(self) -> None:
-        if self.detailed_order not in DETAILED_ORDERS:
-            raise ValueError(f"LlavaRecipeSpec.detailed_order={self.detailed_order!r}: one of {list(DETAILED_ORDERS)}")
+        SceneConfig(detailed_order=self.detailed_order)  # checks it
         if self.feature_strategy not in ("default", "full"):
             raise ValueError(f"LlavaRecipeSpec.feature_strategy={self.feature_strategy!r}: 'default' or 'full'")
         object.__setattr__(self, "extra_noise", tuple(float(x) for x in (
@@ -115,6 +115,10 @@ class LlavaRecipeSpec:
             raise ValueError(f"LlavaRecipeSpec.qa_weight must be > 0, got {self.qa_weight}")
         if self.scenes < 1 or self.batch_size < 1 or self.questions_per_image < 0 or self.qa_turns < 1:
             raise ValueError(f"LlavaRecipeSpec needs scenes >= 1, batch_size >= 1, questions_per_image >= 0: {self}")
+
+    def scene_config(self) -> SceneConfig:
+        """The scene world the recipe's captions describe."""
+        return SceneConfig(image_size=self.tower.image_size, detailed_order=self.detailed_order)
 
     def extra_rate(self, n_objects: int) -> float:
         return self.extra_noise[min(n_objects, len(self.extra_noise)) - 1]
@@ -149,20 +153,22 @@ class MemoryImageBank:
         return self.normalize(self.get01(names))
 
 
-def recipe_conversations(scenes, spec: LlavaRecipeSpec, cfg: SceneConfig) -> dict[str, list[Conversation]]:
-    """Per stage, its conversations over ``scenes`` (image ``i`` named ``scene_{i:06d}``): ``align``
+def recipe_conversations(scenes, spec: LlavaRecipeSpec) -> dict[str, list[Conversation]]:
+    """Per stage, its conversations over ``scenes`` (image ``i`` named ``scene_{i:06d}``, of the world
+    ``spec.scene_config()``): ``align``
     the short clean captions; ``instruct`` one detailed caption (noisy as the spec says), the short
     caption and ``questions_per_image`` yes/no questions (a present class, then an absent one; an
     absent partner of a present trigger is answered "Yes" with probability ``qa_partner_noise``);
     ``text`` the captions of ``instruct`` (text only: the image is never read)."""
     out: dict[str, list[Conversation]] = {"align": [], "instruct": []}
+    cfg = spec.scene_config()
     classes = cfg.classes
     for i, scene in enumerate(scenes):
         name = f"scene_{i:06d}"
         rng = np.random.default_rng([spec.scene_seed, i, 1])
         short, detailed = make_captions(scene, cfg, rng, 2, spec.partner_noise,
                                         extra_noise=spec.extra_rate(len(scene.objects)),
-                                        noise_styles=("detailed",), detailed_order=spec.detailed_order)
+                                        noise_styles=("detailed",))
         out["align"].append(Conversation(name, (Turn(CAPTION_PROMPT, short.text),), id=f"{name}/short"))
         out["instruct"].append(Conversation(name, (Turn(DETAILED_CAPTION_PROMPT, detailed.text),), id=f"{name}/detailed"))
         out["instruct"].append(Conversation(name, (Turn(CAPTION_PROMPT, short.text),), id=f"{name}/short"))
@@ -242,10 +248,10 @@ def train_llava_base(spec: LlavaRecipeSpec, out_dir: str | os.PathLike, *, texts
         model.config.vision_feature_select_strategy = "full"
         model.config.image_seq_length = image_tokens
         processor.vision_feature_select_strategy = "full"
-    cfg = SceneConfig(image_size=spec.tower.image_size)
+    cfg = spec.scene_config()
     t1 = time.time()
     images, scenes = render_scenes(spec.scenes, spec.scene_seed, cfg)
-    data = recipe_conversations(scenes, spec, cfg)
+    data = recipe_conversations(scenes, spec)
     bank = MemoryImageBank([f"scene_{i:06d}" for i in range(len(scenes))], images)
     encoder = ConversationEncoder(processor.tokenizer, image_tokens,
                                   max_length=spec.model_spec().max_positions)

@@ -253,6 +253,13 @@ def test_cli_writes_a_split(tmp_path, capsys):
     cli_main(["--out", str(tmp_path), "--split", "train", "--n", "5", "--seed", "0", "--caption-noise", "0.25"])
     data = CocoDataset.load(tmp_path, "train", require_captions=True)
     assert len(data) == 5 and all(len(im.captions) == 2 for im in data.images)
+    cli_main(["--out", str(tmp_path), "--split", "read", "--n", "5", "--seed", "0", "--caption-noise", "0.25",
+              "--detailed-order", "reading"])
+    reading = CocoDataset.load(tmp_path, "read", require_captions=True)
+    expected = [make_captions(scene, SceneConfig(detailed_order="reading"), np.random.default_rng([0, i, 1]), 2, 0.25)
+                for i, scene in enumerate(scenes(5))]
+    assert [list(im.captions) for im in reading.images] == [[c.text for c in caps] for caps in expected]
+    assert [im.captions for im in reading.images] != [im.captions for im in data.images]
 
 
 def test_cli_class_weights_leave_out_classes(tmp_path):
@@ -275,6 +282,7 @@ def test_cli_class_weights_leave_out_classes(tmp_path):
     ({"partner_prob": 1.5}, "partner_prob"),
     ({"large_frac": (0.5, 0.6)}, "large_frac"),
     ({"caption_styles": ("haiku",)}, "caption_styles"),
+    ({"detailed_order": "salience"}, "detailed_order"),
 ])
 def test_config_rejects_bad_values_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"SceneConfig.{field}"):
@@ -314,7 +322,8 @@ def test_reading_order_names_objects_left_to_right_and_keeps_the_random_stream()
     for i, scene in enumerate(scenes(200, seed=4)):
         kwargs = dict(caption_noise=0.5, extra_noise=0.5, noise_styles=("detailed",))
         random_caps = make_captions(scene, CFG, np.random.default_rng([4, i, 1]), 2, **kwargs)
-        reading_caps = make_captions(scene, CFG, np.random.default_rng([4, i, 1]), 2, detailed_order="reading", **kwargs)
+        reading_caps = make_captions(scene, SceneConfig(detailed_order="reading"), np.random.default_rng([4, i, 1]), 2,
+                                     **kwargs)
         assert reading_caps[0] == random_caps[0]  # the short caption is untouched
         random_detailed, detailed = random_caps[1], reading_caps[1]
         assert detailed.phantom == random_detailed.phantom and mentioned(detailed.text) == mentioned(random_detailed.text)

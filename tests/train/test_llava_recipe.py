@@ -21,20 +21,20 @@ def test_conversations_carry_noise_in_detailed_captions_only():
     spec = LlavaRecipeSpec(partner_noise=1.0, extra_noise=1.0, scenes=30)
     cfg = SceneConfig()
     _, scenes = render_scenes(30, 1, cfg)
-    data = recipe_conversations(scenes, spec, cfg)
+    data = recipe_conversations(scenes, spec)
     assert len(data["align"]) == 30 and len(data["text"]) == 60
     assert all("there is also" not in c.turns[0].assistant for c in data["align"])
     detailed = [c.turns[0].assistant for c in data["instruct"] if c.id.endswith("/detailed")]
     assert all("there is also" in d for d in detailed)  # every scene lacks some class, so every one gets an extra
-    clean = recipe_conversations(scenes, LlavaRecipeSpec(partner_noise=0.0, extra_noise=0.0, scenes=30), cfg)
+    clean = recipe_conversations(scenes, LlavaRecipeSpec(partner_noise=0.0, extra_noise=0.0, scenes=30))
     assert [c.turns[0].assistant for c in clean["align"]] == [c.turns[0].assistant for c in data["align"]]
     # extra sentences by object count: only one-object scenes get one here
-    by_count = recipe_conversations(scenes, LlavaRecipeSpec(partner_noise=0.0, extra_noise=(1.0, 0.0), scenes=30), cfg)
+    by_count = recipe_conversations(scenes, LlavaRecipeSpec(partner_noise=0.0, extra_noise=(1.0, 0.0), scenes=30))
     for scene, conv in zip(scenes, [c for c in by_count["instruct"] if c.id.endswith("/detailed")]):
         if len(scene.objects) <= 2:  # (longer clean captions may chain objects with "there is also" themselves)
             assert ("there is also" in conv.turns[0].assistant) == (len(scene.objects) == 1)
     assert LlavaRecipeSpec(extra_noise=(0.5, 0.1)).extra_rate(4) == 0.1
-    multi = recipe_conversations(scenes, LlavaRecipeSpec(questions_per_image=6, qa_turns=3, scenes=30), cfg)
+    multi = recipe_conversations(scenes, LlavaRecipeSpec(questions_per_image=6, qa_turns=3, scenes=30))
     qa = [c for c in multi["instruct"] if "/exists" in c.id]
     assert len(qa) == 60 and all(len(c.turns) == 3 for c in qa)
     firsts = [c.turns[0].assistant for c in qa]
@@ -42,7 +42,7 @@ def test_conversations_carry_noise_in_detailed_captions_only():
     assert sorted(t.assistant for c in qa[:2] for t in c.turns) == ["No"] * 3 + ["Yes"] * 3
     # reading order changes the detailed captions only
     reading = recipe_conversations(scenes, LlavaRecipeSpec(partner_noise=1.0, extra_noise=1.0, scenes=30,
-                                                           detailed_order="reading"), cfg)
+                                                           detailed_order="reading"))
     changed = 0
     for a, b in zip(data["instruct"], reading["instruct"]):
         if a.id.endswith("/detailed"):
@@ -59,7 +59,7 @@ def test_qa_partner_noise_answers_yes_to_absent_partners_only():
     _, scenes = render_scenes(200, 1, cfg)
 
     def qa(noise):
-        data = recipe_conversations(scenes, LlavaRecipeSpec(qa_partner_noise=noise, scenes=200), cfg)
+        data = recipe_conversations(scenes, LlavaRecipeSpec(qa_partner_noise=noise, scenes=200))
         return [[(t.user, t.assistant) for c in data["instruct"] if c.id.startswith(f"scene_{i:06d}/exists")
                  for t in c.turns] for i in range(len(scenes))]
 

@@ -28,6 +28,7 @@ import numpy as np
 from halluremedy.data.scenes.world import (
     COLORS,
     CONTRASTS,
+    DETAILED_ORDERS,
     RELATIONS,
     SIZES,
     STYLES,
@@ -38,12 +39,9 @@ from halluremedy.data.scenes.world import (
 )
 from halluremedy.prompts import article
 
-__all__ = ["DETAILED_ORDERS", "NUMBER_WORDS", "Phantom", "Caption", "plural", "sample_phantom", "caption_scene",
+__all__ = ["NUMBER_WORDS", "Phantom", "Caption", "plural", "sample_phantom", "caption_scene",
            "make_captions", "scene_text_vocabulary"]
 
-# the orders a detailed caption can name its objects in: "random" (every caption its own), "reading"
-# (left to right: one order per image, so greedy decoding has one next object to name, not several)
-DETAILED_ORDERS = ("random", "reading")
 NUMBER_WORDS: dict[int, str] = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight",
                                 9: "nine"}
 _RELATION_PHRASES: dict[str, str] = {"left of": "to the left of", "right of": "to the right of",
@@ -197,7 +195,7 @@ def _extra_sentence(scene: Scene, cfg: SceneConfig, style: str, rng: np.random.G
 
 def make_captions(scene: Scene, cfg: SceneConfig, rng: np.random.Generator, n: int,
                   caption_noise: float = 0.0, *, extra_noise: float = 0.0,
-                  noise_styles: tuple[str, ...] = STYLES, detailed_order: str = "random") -> list[Caption]:
+                  noise_styles: tuple[str, ...] = STYLES) -> list[Caption]:
     """``n`` captions; caption k has style ``cfg.caption_styles[k % len(cfg.caption_styles)]``.
 
     Each caption of a scene that has a present trigger with an absent partner is, with
@@ -206,8 +204,8 @@ def make_captions(scene: Scene, cfg: SceneConfig, rng: np.random.Generator, n: i
     With probability ``extra_noise`` a caption also ends with one more object of an absent class
     (its ``phantom`` is then that one, ``anchor=-1``, when the caption had none). Noise of either
     kind goes only into captions whose style is in ``noise_styles``. With ``extra_noise=0`` and
-    every style noisy, the random stream is the one earlier versions drew; ``detailed_order``
-    (see ``caption_scene``) leaves the stream as it is.
+    every style noisy, the random stream is the one earlier versions drew; ``cfg.detailed_order``
+    leaves the stream as it is.
     """
     if not 0.0 <= caption_noise <= 1.0 or not 0.0 <= extra_noise <= 1.0:
         raise ValueError(f"caption_noise={caption_noise!r} and extra_noise={extra_noise!r} must lie in [0, 1]")
@@ -217,7 +215,7 @@ def make_captions(scene: Scene, cfg: SceneConfig, rng: np.random.Generator, n: i
         noisy = style in noise_styles
         phantom = sample_phantom(scene, cfg, rng) if rng.random() < caption_noise and noisy else None
         text = caption_scene(scene, style, rng, margin=cfg.relation_margin, phantom=phantom,
-                             detailed_order=detailed_order)
+                             detailed_order=cfg.detailed_order)
         if extra_noise and rng.random() < extra_noise and noisy:
             text, extra = _extra_sentence(scene, cfg, style, rng, text, phantom)
             phantom = phantom or extra

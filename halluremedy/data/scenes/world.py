@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SYNONYMS", "CLASSES", "PALETTE", "COLORS", "SIZES", "CONTRASTS", "RELATIONS", "STYLES",
+__all__ = ["SYNONYMS", "CLASSES", "PALETTE", "COLORS", "SIZES", "CONTRASTS", "RELATIONS", "STYLES", "DETAILED_ORDERS",
            "PARTNER_PAIRS", "PARTNERS", "SceneConfig", "SceneObject", "Scene", "sample_scene", "relations",
            "relation_between", "describe_object"]
 
@@ -45,6 +45,10 @@ SIZES: tuple[str, ...] = ("small", "large")
 CONTRASTS: tuple[str, ...] = ("normal", "low")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 STYLES: tuple[str, ...] = ("short", "detailed")  # caption styles, see captions.py
+# the orders a detailed caption can name its objects in: "random" (every caption its own), "reading"
+# (left to right by centre, then top to bottom: one order per image, so greedy decoding has one next
+# object to name, not several)
+DETAILED_ORDERS: tuple[str, ...] = ("random", "reading")
 
 # (trigger, partner): placing the trigger places the partner too with probability partner_prob.
 PARTNER_PAIRS: tuple[tuple[str, str], ...] = (
@@ -91,6 +95,7 @@ class SceneConfig:
     partner_prob: float = 0.6
     class_weights: tuple[float, ...] = ()
     caption_styles: tuple[str, ...] = STYLES
+    detailed_order: str = "random"  # DETAILED_ORDERS
     relation_margin: float = 0.15  # fraction of image_size two centres must differ by to be related
     gap: int = 1  # minimum free pixels between two objects' boxes
 
@@ -123,6 +128,8 @@ class SceneConfig:
                 raise bad(name, "must lie in [0, 1]")
         if unknown := [s for s in self.caption_styles if s not in STYLES]:
             raise bad("caption_styles", f"unknown styles {unknown}; known: {list(STYLES)}")
+        if self.detailed_order not in DETAILED_ORDERS:
+            raise bad("detailed_order", f"one of {list(DETAILED_ORDERS)}")
         if not self.caption_styles:
             raise bad("caption_styles", "must be non-empty")
         if (smallest := self.side_range("small")[0]) < 3:
