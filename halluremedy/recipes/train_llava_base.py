@@ -65,6 +65,8 @@ class LlavaBaseRecipe:
     qa_weight: float = option(D.qa_weight, "loss weight of the QA answer tokens in instruction tuning (captions: 1)")
     qa_partner_noise: float = option(D.qa_partner_noise,
                                      "share of existence questions about an absent partner of a present object answered Yes")
+    qa_partner_share: float = option(D.qa_partner_share, "share of absent-class questions that ask about an absent "
+                                     "partner of a present object, where the scene has one")
     feature_strategy: str = option(D.feature_strategy, "'default' (class token dropped, llava-1.5) or 'full' (kept)")
     cls_head: bool = option(D.tower.cls_head, "pretrain the tower's class token too (with --feature-strategy full)")
     detailed_order: str = option(D.detailed_order, "order detailed captions name objects in: random, or reading "
@@ -82,6 +84,7 @@ class LlavaBaseRecipe:
             _stage(value, name)
         check_range(self, "partner_noise", ge=0, le=1)
         check_range(self, "qa_partner_noise", ge=0, le=1)
+        check_range(self, "qa_partner_share", ge=0, le=1)
         check_range(self, "qa_weight", gt=0)
         try:
             LlavaRecipeSpec(extra_noise=_rates(self.extra_noise))
@@ -104,6 +107,7 @@ class LlavaBaseRecipe:
                                scenes=self.scenes, partner_noise=self.partner_noise, extra_noise=_rates(self.extra_noise),
                                batch_size=self.batch_size, questions_per_image=self.questions_per_image, qa_turns=self.qa_turns,
                                qa_weight=self.qa_weight, qa_partner_noise=self.qa_partner_noise, seed=self.seed,
+                               qa_partner_share=self.qa_partner_share,
                                detailed_order=self.detailed_order,
                                text_hidden=self.text_hidden, text_layers=self.text_layers, text_heads=self.text_hidden // 32,
                                text_intermediate=2 * self.text_hidden)

@@ -84,6 +84,9 @@ class LlavaRecipeSpec:
     # share of existence questions about an absent partner of a present trigger answered "Yes": the
     # prior of the annotators whose captions name that partner (``partner_noise``), in their answers
     qa_partner_noise: float = 0.0
+    # share of the absent-class questions of a scene with an absent partner that ask about that
+    # partner (as questions written from captions that name it would); the rest: any absent class
+    qa_partner_share: float = 0.0
     # the order detailed captions name objects in (scenes.world.DETAILED_ORDERS); the same world's
     # dataset (``halluremedy scenes --detailed-order``) gives POVID's preferred answers that order too
     detailed_order: str = "random"
@@ -105,10 +108,10 @@ class LlavaRecipeSpec:
             raise ValueError(f"LlavaRecipeSpec.feature_strategy={self.feature_strategy!r}: 'default' or 'full'")
         object.__setattr__(self, "extra_noise", tuple(float(x) for x in (
             self.extra_noise if isinstance(self.extra_noise, (tuple, list)) else (self.extra_noise,))))
-        for value in (self.partner_noise, self.qa_partner_noise, *self.extra_noise):
+        for value in (self.partner_noise, self.qa_partner_noise, self.qa_partner_share, *self.extra_noise):
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"LlavaRecipeSpec: noise rates must lie in [0, 1], got {self.partner_noise}, "
-                                 f"{self.qa_partner_noise}, {self.extra_noise}")
+                raise ValueError(f"LlavaRecipeSpec: noise rates and shares must lie in [0, 1], got {self.partner_noise}, "
+                                 f"{self.qa_partner_noise}, {self.qa_partner_share}, {self.extra_noise}")
         if not self.extra_noise:
             raise ValueError("LlavaRecipeSpec.extra_noise needs at least one rate")
         if self.qa_weight <= 0:
@@ -177,11 +180,14 @@ def recipe_conversations(scenes, spec: LlavaRecipeSpec) -> dict[str, list[Conver
         phantoms = {cfg.partner_of[c] for c in present if c in cfg.partner_of} - set(present)
         qrng = np.random.default_rng([spec.scene_seed, i, 2])
         noise_rng = np.random.default_rng([spec.scene_seed, i, 3])  # its own stream: qrng's draws stay as they were
+        aim_rng = np.random.default_rng([spec.scene_seed, i, 4])  # so is this one
         turns = []
         for q in range(spec.questions_per_image):
             pool, yes = (present, True) if q % 2 == 0 else (absent, False)
             if pool:
                 category = pool[qrng.integers(len(pool))]
+                if not yes and phantoms and aim_rng.random() < spec.qa_partner_share:
+                    category = sorted(phantoms)[aim_rng.integers(len(phantoms))]
                 if category in phantoms and noise_rng.random() < spec.qa_partner_noise:
                     yes = True
                 turns.append(existence_turn(category, yes))

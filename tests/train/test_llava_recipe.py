@@ -123,3 +123,32 @@ def test_ensure_llava_base_trains_once_then_reuses_and_refuses_another_recipe(tm
     assert (model_dir / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not retrained
     with pytest.raises(ConfigError, match="another recipe"):
         ensure_llava_base(tmp_path / "base", replace(spec, qa_weight=1.0))
+
+
+def test_qa_partner_share_aims_absent_questions_at_absent_partners():
+    cfg = SceneConfig()
+    _, scenes = render_scenes(200, 1, cfg)
+
+    def questions(share):
+        data = recipe_conversations(scenes, LlavaRecipeSpec(qa_partner_share=share, scenes=200))
+        return [sorted((t.user, t.assistant) for c in data["instruct"] if c.id.startswith(f"scene_{i:06d}/exists")
+                       for t in c.turns) for i in range(len(scenes))]
+
+    base, aimed, all_aimed = questions(0.0), questions(0.5), questions(1.0)
+    assert base == questions(0.0)
+    n_absent = n_aimed = 0
+    for scene, b, a, full in zip(scenes, base, aimed, all_aimed):
+        present = {o.category for o in scene.objects}
+        phantoms = {cfg.partner_of[c] for c in present if c in cfg.partner_of} - present
+        if not phantoms:
+            assert b == a == full  # scenes without an absent partner keep their questions
+            continue
+        assert [x for x in b if x[1] == "Yes"] == [x for x in a if x[1] == "Yes"]  # present-class questions untouched
+        no_full = [q for q, ans in full if ans == "No"]
+        assert no_full and all(any(f" {c} " in q for c in phantoms) for q in no_full)
+        no_half = [q for q, ans in a if ans == "No"]
+        n_absent += len(no_half)
+        n_aimed += sum(any(f" {c} " in q for c in phantoms) for q in no_half)
+    assert 0.45 < n_aimed / n_absent < 0.75  # half aimed, plus the uniform draws that hit a partner anyway
+    with pytest.raises(ValueError, match="shares"):
+        LlavaRecipeSpec(qa_partner_share=1.5)
