@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
-from halluremedy.config import check_range, option, required
+from halluremedy.config import check_choices, check_range, option, required
 from halluremedy.data.coco import CocoDataset
 from halluremedy.data.scenes.dataset import make_dataset
 from halluremedy.data.scenes.world import CLASSES, DETAILED_ORDERS, SceneConfig
@@ -44,17 +45,16 @@ class ScenesConfig:
     image_size: int = option(SceneConfig.image_size, "image side in pixels")
     class_weights: tuple[str, ...] = option((), "CLASS=WEIGHT relative class frequencies (unnamed: 1), e.g. "
                                             "cross=0 bar=0 for a world without crosses and bars; none: uniform")
-    detailed_order: str = option("random", "order detailed captions name objects in: random, or reading (left to "
-                                 "right, as the LLaVA-like base's --detailed-order reading was trained on)")
+    detailed_order: Literal[DETAILED_ORDERS] = option("random", "order detailed captions name objects in "
+                                                      "(reading: left to right, as the LLaVA-like base's "
+                                                      "--detailed-order reading was trained on)")
 
     def __post_init__(self) -> None:
         for name in ("n", "captions_per_image", "image_size"):
             check_range(self, name, ge=1)
         check_range(self, "seed", ge=0)
         check_range(self, "caption_noise", ge=0, le=1)
-        if self.detailed_order not in DETAILED_ORDERS:
-            raise ConfigError(f"option '--detailed-order': must be one of {', '.join(DETAILED_ORDERS)}, "
-                              f"got {self.detailed_order!r}")
+        check_choices(self)
         try:
             self.scene_config()
         except ValueError as e:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from halluremedy.config import check_range, option
+from halluremedy.config import check_choices, check_range, option
 from halluremedy.data.coco import CocoDataset
 from halluremedy.data.scenes.world import DETAILED_ORDERS
 from halluremedy.errors import ConfigError
@@ -69,8 +70,8 @@ class LlavaBaseRecipe:
                                      "partner of a present object, where the scene has one")
     feature_strategy: str = option(D.feature_strategy, "'default' (class token dropped, llava-1.5) or 'full' (kept)")
     cls_head: bool = option(D.tower.cls_head, "pretrain the tower's class token too (with --feature-strategy full)")
-    detailed_order: str = option(D.detailed_order, "order detailed captions name objects in: random, or reading "
-                                                   "(left to right)")
+    detailed_order: Literal[DETAILED_ORDERS] = option(D.detailed_order, "order detailed captions name objects in "
+                                                      "(reading: left to right)")
     text_hidden: int = option(D.text_hidden, "the LM's width (its MLP is twice as wide; heads of 32)")
     text_layers: int = option(D.text_layers, "the LM's decoder layers")
     seed: int = option(D.seed, "init and data order")
@@ -90,9 +91,7 @@ class LlavaBaseRecipe:
             LlavaRecipeSpec(extra_noise=_rates(self.extra_noise))
         except ValueError as e:
                 raise ConfigError(f"option '--extra-noise': {e}") from None
-        if self.detailed_order not in DETAILED_ORDERS:
-            raise ConfigError(f"option '--detailed-order': must be one of {', '.join(DETAILED_ORDERS)}, "
-                              f"got {self.detailed_order!r}")
+        check_choices(self)
         if self.text_hidden % 32:
             raise ConfigError(f"option '--text-hidden': must be a multiple of 32 (heads of 32), got {self.text_hidden}")
         for name in ("scenes", "batch_size", "threads", "tower_steps", "qa_turns", "text_layers"):
