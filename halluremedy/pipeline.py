@@ -23,7 +23,7 @@ from halluremedy.config import check_model_dir
 from halluremedy.data.coco import CocoDataset, write_json_atomic
 from halluremedy.data.conversation import ConversationEncoder
 from halluremedy.data.images import ImageBank
-from halluremedy.data.scenes import SceneConfig, make_dataset, scene_text_vocabulary
+from halluremedy.data.scenes import SceneConfig, make_dataset, scene_text_vocabulary, scene_world_record
 from halluremedy.data.sft import caption_and_qa_conversations
 from halluremedy.errors import ConfigError
 from halluremedy.models.llava import TinyLlavaSpec, build_tiny_llava, image_seq_length, load_model
@@ -55,6 +55,12 @@ class SceneDataSpec:
     heldout_seed: int = 2
     caption_noise: float = 0.5  # share of eligible captions (trigger present, partner absent); train only; the held-out references are clean (CHAIR reads them)
     image_size: int = 32
+    # the order detailed captions name objects in: POVID's preferred answers must share their base's
+    # (scene_data_spec gives each base kind's)
+    detailed_order: str = "random"
+
+    def scene_config(self) -> SceneConfig:
+        return SceneConfig(image_size=self.image_size, detailed_order=self.detailed_order)
 
 
 def claim_scene_root(root: str | os.PathLike, option: str = "") -> Path:
@@ -79,28 +85,40 @@ def claim_scene_root(root: str | os.PathLike, option: str = "") -> Path:
 
 
 def ensure_scene_split(root: str | os.PathLike, split: str, n: int, seed: int, caption_noise: float,
-                       image_size: int = SceneDataSpec.image_size) -> CocoDataset:
-    """Load scene split ``split`` under ``root``; generate it when missing or of another size (image i
-    depends only on ``(seed, i)``, so regenerating extends or cuts it). ``root`` must be the embedded
-    default's own (:func:`claim_scene_root`)."""
+                       cfg: SceneConfig = SceneConfig(image_size=SceneDataSpec.image_size)) -> CocoDataset:
+    """Load scene split ``split`` under ``root``; generate it when missing, of another size (image i
+    depends only on ``(seed, i)``, so regenerating extends or cuts it) or made from another world,
+    seed or caption noise (its recorded ``info["scene_world"]``; a split with no record is remade).
+    ``root`` must be the embedded default's own (:func:`claim_scene_root`)."""
     root = claim_scene_root(root)
     if (root / "annotations" / f"instances_{split}.json").exists():
         existing = CocoDataset.load(root, split)
-        if len(existing) == n:
+        if len(existing) == n and existing.info.get("scene_world") == scene_world_record(seed, cfg, caption_noise):
             return existing
-    return make_dataset(root, split, n, seed, SceneConfig(image_size=image_size), caption_noise=caption_noise)
+    return make_dataset(root, split, n, seed, cfg, caption_noise=caption_noise)
 
 
 def ensure_scene_data(root: str | os.PathLike, spec: SceneDataSpec = SceneDataSpec()) -> tuple[CocoDataset, CocoDataset]:
-    """The train / held-out scene splits under ``root`` (generated where missing or resized)."""
-    return (ensure_scene_split(root, TRAIN_SPLIT, spec.n_train, spec.train_seed, spec.caption_noise, spec.image_size),
-            ensure_scene_split(root, HELDOUT_SPLIT, spec.n_heldout, spec.heldout_seed, 0.0, spec.image_size))
+    """The train / held-out scene splits under ``root`` (generated where missing, resized or remade)."""
+    cfg = spec.scene_config()
+    return (ensure_scene_split(root, TRAIN_SPLIT, spec.n_train, spec.train_seed, spec.caption_noise, cfg),
+            ensure_scene_split(root, HELDOUT_SPLIT, spec.n_heldout, spec.heldout_seed, 0.0, cfg))
 
 
 def ensure_base_split(root: str | os.PathLike, n: int, spec: SceneDataSpec = SceneDataSpec()) -> CocoDataset:
     """The base model's SFT scenes: the first ``n`` images of the training split's scene stream (same
     seed and caption noise), so the training split is its first ``spec.n_train`` images."""
-    return ensure_scene_split(root, BASE_SPLIT, n, spec.train_seed, spec.caption_noise, spec.image_size)
+    return ensure_scene_split(root, BASE_SPLIT, n, spec.train_seed, spec.caption_noise, spec.scene_config())
+
+
+def scene_data_spec(base: str, n_train: int = SceneDataSpec.n_train,
+                    n_heldout: int = SceneDataSpec.n_heldout) -> SceneDataSpec:
+    """The default world's data for base kind ``base``, in the caption order that base learnt: the
+    LLaVA-like recipe's (``LlavaRecipeSpec.detailed_order``), or random for the perception-limited one."""
+    if base not in BASE_KINDS:
+        raise ConfigError(f"option '--base': one of {', '.join(BASE_KINDS)}, got {base!r}")
+    order = LlavaRecipeSpec.detailed_order if base == "llava-like" else "random"
+    return SceneDataSpec(n_train=n_train, n_heldout=n_heldout, detailed_order=order)
 
 
 def scene_model_texts() -> list[str]:
@@ -263,14 +281,15 @@ def ensure_llava_base(out_dir: str | os.PathLike, spec: LlavaRecipeSpec = LlavaR
     return out / "model"
 
 
-def resolve_data(model: str, data: str, split: str, eval_split: str, *, scene_train_images: int,
+def resolve_data(model: str, data: str, split: str, eval_split: str, *, base: str, scene_train_images: int,
                  scene_heldout_images: int, verify: bool = True) -> tuple[CocoDataset, CocoDataset]:
     """``(training split, held-out split)`` for a recipe, every image of both opened and decoded
     (``verify``) so that a broken file stops the run before its first step.
 
     With ``model``: the COCO-format ``data`` splits ``split`` / ``eval_split``. Without: the embedded
     default's scene world under ``data`` (its own root, generated if absent; its splits ``train`` and
-    ``val`` only: any other ``split`` / ``eval_split`` is refused, as is a ``data`` folder it did not make).
+    ``val`` only: any other ``split`` / ``eval_split`` is refused, as is a ``data`` folder it did not make),
+    as base kind ``base`` reads it (:func:`scene_data_spec`).
     """
     if model:
         check_model_dir(model)
@@ -281,9 +300,9 @@ def resolve_data(model: str, data: str, split: str, eval_split: str, *, scene_tr
                 raise ConfigError(f"option '{option}': the embedded default (no --model) trains on its own scene "
                                   f"splits '{TRAIN_SPLIT}' and '{HELDOUT_SPLIT}', got {value!r}; to use a split of "
                                   f"your own data pass --model BASE --data ROOT")
+        scene_spec = scene_data_spec(base, scene_train_images, scene_heldout_images)
         claim_scene_root(data, "--data")
-        train, heldout = ensure_scene_data(data, SceneDataSpec(n_train=scene_train_images,
-                                                               n_heldout=scene_heldout_images))
+        train, heldout = ensure_scene_data(data, scene_spec)
     if verify:
         for dataset in (train, heldout):
             dataset.verify_images(progress=True)
@@ -299,12 +318,10 @@ def resolve_base(model: str, data: str, *, base: str, base_out: str | os.PathLik
     every recipe seed, since the seeds vary the remedy, not the model it starts from."""
     if model:
         return check_model_dir(model)
-    if base not in BASE_KINDS:
-        raise ConfigError(f"option '--base': one of {', '.join(BASE_KINDS)}, got {base!r}")
+    scene_spec = scene_data_spec(base, scene_train_images, scene_heldout_images)
     out = base_out or DEFAULT_BASE_OUT[base]
     if base == "llava-like":
         return ensure_llava_base(out)
-    scene_spec = SceneDataSpec(n_train=scene_train_images, n_heldout=scene_heldout_images)
     return ensure_base_model(data, out, BaseTrainSpec(cycles=parse_cycles(base_cycles)), scene_spec)
 
 
@@ -312,7 +329,7 @@ def resolve_model_and_data(model: str, data: str, split: str, eval_split: str, *
                            base_out: str | os.PathLike, base_cycles: str, scene_train_images: int,
                            scene_heldout_images: int) -> tuple[Path, CocoDataset, CocoDataset]:
     """``(base model dir, training split, held-out split)``: :func:`resolve_data`, then :func:`resolve_base`."""
-    train, heldout = resolve_data(model, data, split, eval_split, scene_train_images=scene_train_images,
+    train, heldout = resolve_data(model, data, split, eval_split, base=base, scene_train_images=scene_train_images,
                                   scene_heldout_images=scene_heldout_images)
     base_dir = resolve_base(model, data, base=base, base_out=base_out, base_cycles=base_cycles,
                             scene_train_images=scene_train_images, scene_heldout_images=scene_heldout_images)

@@ -23,6 +23,9 @@ def test_eval_writes_chair_and_pope(tiny_llava_factory, tmp_path, capsys):
     full = json.loads((tmp_path / "full.json").read_text())
     assert len(full["chair"]) == 2 and set(full["pope"]) == {"random", "popular", "adversarial"}
     assert len(full["chair"]["greedy"]["per_caption"]) == 4
+    for m in full["pope"].values():  # the false "yes" breakdown covers every "no" question once
+        assert sum(k["n"] for k in m["false_yes"].values()) == m["fp"] + m["tn"]
+        assert sum(k["yes"] for k in m["false_yes"].values()) == m["fp"]
 
     assert main([*common, "--pope-images", "0", "--temperature", "--out", str(tmp_path / "greedy.json")]) == 0
     greedy = json.loads((tmp_path / "greedy.json").read_text())

@@ -22,8 +22,10 @@ from halluremedy.pipeline import (
     parse_cycles,
     resolve_base,
     resolve_data,
+    scene_data_spec,
     train_base_model,
 )
+from halluremedy.train.llava_recipe import LlavaRecipeSpec
 
 
 def test_cycles_round_trip_and_bad_text():
@@ -72,6 +74,30 @@ def test_scene_splits_follow_their_spec(scenes, tmp_path):
         scenes.head(13)
 
 
+def test_a_split_made_from_another_world_is_remade_not_reused(tmp_path):
+    random_order, _ = ensure_scene_data(tmp_path, SceneDataSpec(n_train=12, n_heldout=4))
+    assert random_order.info["scene_world"]["config"]["detailed_order"] == "random"
+    reading, _ = ensure_scene_data(tmp_path, SceneDataSpec(n_train=12, n_heldout=4, detailed_order="reading"))
+    assert reading.info["scene_world"]["config"]["detailed_order"] == "reading"
+    assert [a.objects for a in reading.images] == [a.objects for a in random_order.images]  # same scenes
+    assert [a.captions for a in reading.images] != [a.captions for a in random_order.images]  # named in order
+    noisier, _ = ensure_scene_data(tmp_path, SceneDataSpec(n_train=12, n_heldout=4, caption_noise=1.0,
+                                                           detailed_order="reading"))
+    assert noisier.info["scene_world"]["caption_noise"] == 1.0
+    # a split with no record (made by an older version) is remade too
+    path = tmp_path / "annotations" / "instances_train.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in record.items() if k != "info"}))
+    again, _ = ensure_scene_data(tmp_path, SceneDataSpec(n_train=12, n_heldout=4, caption_noise=1.0,
+                                                         detailed_order="reading"))
+    assert again.info == noisier.info and [a.captions for a in again.images] == [a.captions for a in noisier.images]
+    # each base kind reads the world in the order it learnt
+    assert scene_data_spec("perception-limited").detailed_order == "random"
+    assert scene_data_spec("llava-like").detailed_order == LlavaRecipeSpec().detailed_order
+    with pytest.raises(ConfigError, match="option '--base'"):
+        scene_data_spec("clip")
+
+
 def test_a_base_made_by_another_recipe_is_refused_not_reused(tmp_path):
     path = ensure_base_model(tmp_path / "data", tmp_path / "base")  # the default recipe: the shipped copy
     assert (path / "model.safetensors").read_bytes() == (SHIPPED_BASE / "model.safetensors").read_bytes()
@@ -109,11 +135,11 @@ def test_embedded_default_never_writes_into_a_users_folder(tiny_coco, tmp_path):
     with pytest.raises(ConfigError, match=r"coco is not a scene world made by the embedded default .* pass --model"):
         ensure_scene_data(tiny_coco.root, SceneDataSpec(n_train=6, n_heldout=4))
     with pytest.raises(ConfigError, match=r"option '--data': .*coco is not a scene world"):
-        resolve_data("", str(tiny_coco.root), "train", "val", scene_train_images=6, scene_heldout_images=4)
+        resolve_data("", str(tiny_coco.root), "train", "val", base="llava-like", scene_train_images=6, scene_heldout_images=4)
     assert {p: p.read_bytes() for p in tiny_coco.root.rglob("*") if p.is_file()} == before
 
     # a new folder becomes the default's own (marker), and is reused and resized as before
-    train, heldout = resolve_data("", str(tmp_path / "scenes"), "train", "val", scene_train_images=6,
+    train, heldout = resolve_data("", str(tmp_path / "scenes"), "train", "val", base="llava-like", scene_train_images=6,
                                   scene_heldout_images=4)
     assert (tmp_path / "scenes" / SCENE_MARKER).is_file() and (len(train), len(heldout)) == (6, 4)
     assert len(ensure_scene_data(tmp_path / "scenes", SceneDataSpec(n_train=8, n_heldout=4))[0]) == 8
@@ -123,5 +149,6 @@ def test_embedded_default_never_writes_into_a_users_folder(tiny_coco, tmp_path):
 def test_embedded_default_refuses_splits_it_does_not_have(tmp_path, split, eval_split, option):
     # they used to be ignored: the default trained on its own 'train' and evaluated on its 'val'
     with pytest.raises(ConfigError, match=rf"option '{option}': the embedded default \(no --model\) trains on its own"):
-        resolve_data("", str(tmp_path / "scenes"), split, eval_split, scene_train_images=6, scene_heldout_images=4)
+        resolve_data("", str(tmp_path / "scenes"), split, eval_split, base="llava-like", scene_train_images=6,
+                     scene_heldout_images=4)
     assert not (tmp_path / "scenes").exists()

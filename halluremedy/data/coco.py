@@ -74,6 +74,7 @@ class CocoDataset:
     images: list[CocoImage]
     categories: list[str]  # names, in category-id order
     synonyms: dict[str, list[str]] | None  # category -> surface words, when the data ships them
+    info: dict = field(default_factory=dict)  # the instances file's COCO "info" (how a generator made it)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -202,7 +203,10 @@ class CocoDataset:
                 raise DatasetError(f"{inst_path}: image {iid} file_name '{fname}' not found at {path}")
             images.append(CocoImage(iid, fname, path, w, h, tuple(objects[iid]), tuple(captions[iid])))
         categories = [cat_names[c] for c in sorted(cat_names)]
-        return cls(root, split, images, categories, synonyms or None)
+        info = inst.get("info", {})
+        if not isinstance(info, dict):
+            raise DatasetError(f"{inst_path}: top-level field 'info' must be an object")
+        return cls(root, split, images, categories, synonyms or None, info)
 
 
 def one_line_reason(e: BaseException) -> str:
@@ -284,8 +288,10 @@ def write_json_atomic(path: str | os.PathLike, obj: object, *, indent: int | Non
 
 def write_coco(root: str | os.PathLike, split: str, images: Sequence[tuple[str, int, int]],
                categories: Sequence[str], annotations: Iterable[tuple[int, str, Sequence[float], dict[str, str]]],
-               captions: Iterable[tuple[int, str]], synonyms: dict[str, list[str]] | None = None) -> None:
-    """Write the two annotation files of a split (image files are the caller's).
+               captions: Iterable[tuple[int, str]], synonyms: dict[str, list[str]] | None = None,
+               info: dict | None = None) -> None:
+    """Write the two annotation files of a split (image files are the caller's); ``info``, when given, is
+    the instances file's COCO "info" object.
 
     ``images[i] = (file_name, width, height)`` gets image id ``i + 1``; ``annotations`` yields
     ``(image_id, category, bbox, attributes)``; ``captions`` yields ``(image_id, caption)``.
@@ -306,6 +312,6 @@ def write_coco(root: str | os.PathLike, split: str, images: Sequence[tuple[str, 
                             "area": w * h, "iscrowd": 0, "attributes": dict(attrs)})
     cap_records = [{"id": k + 1, "image_id": iid, "caption": text} for k, (iid, text) in enumerate(captions)]
     ann_dir = root / "annotations"
-    write_json_atomic(ann_dir / f"instances_{split}.json",
-                      {"images": img_records, "categories": cat_records, "annotations": ann_records})
+    write_json_atomic(ann_dir / f"instances_{split}.json", {**({"info": info} if info is not None else {}),
+                      "images": img_records, "categories": cat_records, "annotations": ann_records})
     write_json_atomic(ann_dir / f"captions_{split}.json", {"images": img_records, "annotations": cap_records})

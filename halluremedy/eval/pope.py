@@ -27,14 +27,15 @@ from __future__ import annotations
 import random
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 from halluremedy.data.coco import CocoDataset
 from halluremedy.prompts import pope_question
 
-__all__ = ["POPE_SETTINGS", "POSITIVES_PER_IMAGE", "PopeQuestion", "build_pope", "parse_pope_answer", "pope_metrics"]
+__all__ = ["POPE_SETTINGS", "POSITIVES_PER_IMAGE", "PopeQuestion", "build_pope", "false_yes_by_source", "parse_pope_answer",
+           "pope_metrics"]
 
 PopeSetting = Literal["random", "popular", "adversarial"]
 PopeAnswer = Literal["yes", "no"]
@@ -155,3 +156,27 @@ def pope_metrics(predictions: Sequence[PopeAnswer], labels: Sequence[PopeAnswer]
         "yes_ratio": (tp + fp) / n,
         "n": n, "tp": tp, "fp": fp, "tn": tn, "fn": fn,
     }
+
+
+def false_yes_by_source(questions: Sequence[PopeQuestion], predictions: Sequence[PopeAnswer],
+                        present: Mapping[int, Iterable[str]], partners: Mapping[str, Iterable[str]]) -> dict:
+    """Which prior a setting's false "yes" answers come from: its "no" questions split into those about
+    an absent co-occurrence partner of a class present in the image (``partners``, e.g.
+    :func:`~halluremedy.eval.sources.cooccurrence_partners`) and the rest.
+
+    ``present``: image id -> its annotated classes. Returns ``{"partner": {"n", "yes", "yes_rate"},
+    "other": {...}}``, ``n`` the "no" questions of that kind, ``yes`` those answered "yes" (rate 0.0
+    when ``n`` is 0). Raises ValueError for mismatched lengths.
+    """
+    if len(predictions) != len(questions):
+        raise ValueError(f"false_yes_by_source: {len(predictions)} predictions but {len(questions)} questions")
+    counts = {kind: Counter() for kind in ("partner", "other")}
+    for q, answer in zip(questions, predictions, strict=True):
+        if q.label != "no":
+            continue
+        is_partner = any(q.object in partners.get(c, ()) for c in present[q.image_id])
+        tally = counts["partner" if is_partner else "other"]
+        tally["n"] += 1
+        tally["yes"] += answer == "yes"
+    return {kind: {"n": c["n"], "yes": c["yes"], "yes_rate": c["yes"] / c["n"] if c["n"] else 0.0}
+            for kind, c in counts.items()}

@@ -15,7 +15,7 @@ import numpy as np
 from halluremedy.data.coco import CocoDataset
 from halluremedy.errors import ConfigError, one_line
 from halluremedy.eval.chair import MentionParser, ObjectVocabulary, chair, coco_vocabulary, ground_truth_objects
-from halluremedy.eval.pope import build_pope, parse_pope_answer, pope_metrics
+from halluremedy.eval.pope import build_pope, false_yes_by_source, parse_pope_answer, pope_metrics
 from halluremedy.eval.sources import cooccurrence_partners, hallucination_sources, source_row
 from halluremedy.models.generate import Decoding, generate_answers
 from halluremedy.prompts import DETAILED_CAPTION_PROMPT, POPE_SUFFIX
@@ -123,7 +123,10 @@ def evaluate(model, processor, dataset: CocoDataset, cfg: EvalConfig = EvalConfi
         answers = generate_answers(model, processor, [images_by_id[q.image_id] for q in questions],
                                    [q.question + POPE_SUFFIX for q in questions], Decoding(0.0, 4),
                                    batch_size=cfg.batch_size, progress=f"POPE {setting}" if cfg.progress else None)
-        result["pope"][setting] = pope_metrics([parse_pope_answer(a) for a in answers], [q.label for q in questions])
+        predictions = [parse_pope_answer(a) for a in answers]
+        result["pope"][setting] = pope_metrics(predictions, [q.label for q in questions])
+        present = {i: dataset.by_id(i).categories for i in {q.image_id for q in questions}}
+        result["pope"][setting]["false_yes"] = false_yes_by_source(questions, predictions, present, partners)
     result["images"]["pope"] = len(images_by_id)  # the same images in every setting
     return result
 

@@ -74,7 +74,7 @@ from halluremedy.generate.targeted import (
     write_instructions,
 )
 from halluremedy.models.llava import load_model
-from halluremedy.pipeline import SceneDataSpec, claim_scene_root, resolve_model_and_data
+from halluremedy.pipeline import claim_scene_root, resolve_model_and_data, scene_data_spec
 from halluremedy.recipes.sections import (
     DataSection,
     EvalSection,
@@ -195,10 +195,11 @@ def arm_weights(arm: str, cfg: RemedyConfig) -> str:
 FRESH_SCENE_SEED = 100  # + the run seed; the default splits use scene seeds 1-3
 
 
-def fresh_scenes(root: Path, weights: TargetWeights, n: int, seed: int, image_size: int) -> CocoDataset:
-    """``n`` new clean scene-world images whose classes follow ``weights.scene_class_weights``,
-    written as split ``fresh_{weights.name}`` under ``root``; regenerated every call (seconds)."""
-    cfg = SceneConfig(image_size=image_size, class_weights=weights.scene_class_weights(CLASSES))
+def fresh_scenes(root: Path, weights: TargetWeights, n: int, seed: int, world: SceneConfig) -> CocoDataset:
+    """``n`` new clean images of the scene world ``world`` whose classes follow
+    ``weights.scene_class_weights``, written as split ``fresh_{weights.name}`` under ``root``;
+    regenerated every call (seconds)."""
+    cfg = replace(world, class_weights=weights.scene_class_weights(CLASSES))
     return make_dataset(root, f"fresh_{weights.name}", n, FRESH_SCENE_SEED + seed, cfg, progress=False)
 
 
@@ -242,7 +243,7 @@ def run_remedy_loop(cfg: RemedyConfig) -> dict[str, Path]:
                           f"(annotations/instances_{cfg.diag_split}.json); pass --diag-data/--diag-split")
     else:
         diag = make_dataset(claim_scene_root(diag_root, "--diag-data"), cfg.diag_split, cfg.diag_images,
-                            cfg.diag_scene_seed, SceneConfig(image_size=SceneDataSpec.image_size))
+                            cfg.diag_scene_seed, scene_data_spec(cfg.model.base).scene_config())
     if cfg.fresh_scenes and (unknown := sorted(set(train.categories) - set(CLASSES))):
         raise ConfigError(f"option '--fresh-scenes': renders scene-world images, but {train.root}:{train.split} has "
                           f"other classes {unknown[:5]}")
@@ -293,8 +294,8 @@ def run_remedy_loop(cfg: RemedyConfig) -> dict[str, Path]:
             arm_weight = weights[arm_weights(arm, cfg)]
             source = train
             if cfg.fresh_scenes:
-                source = fresh_scenes(out / f"seed{seed}" / "scenes", arm_weight, cfg.fresh_scenes, seed,
-                                      train.images[0].width)
+                world = replace(scene_data_spec(cfg.model.base).scene_config(), image_size=train.images[0].width)
+                source = fresh_scenes(out / f"seed{seed}" / "scenes", arm_weight, cfg.fresh_scenes, seed, world)
             kind, data = arm_data(arm, source, arm_weight, cfg, seed, run_dir)
             arm_spec = assemble(TuningSpec, cfg.model, cfg.lora, cfg.loop, steps=cfg.steps, seed=seed)
             if kind == "sft":

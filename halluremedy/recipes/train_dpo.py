@@ -106,7 +106,7 @@ def train_dpo(cfg: DPORecipe) -> dict[str, Path]:
     shard, device = init_data_parallel(cfg.model.device)  # torchrun: this process's rank and GPU
     # inputs first, every one checked before the first step and before anything is written to OUT
     with main_rank_first():  # rank 0 generates what is absent, the others read it
-        train, heldout = resolve_data(cfg.model.model, cfg.data.data, cfg.data.split, cfg.data.eval_split,
+        train, heldout = resolve_data(cfg.model.model, cfg.data.data, cfg.data.split, cfg.data.eval_split, base=cfg.model.base,
                                       scene_train_images=cfg.data.scene_train_images,
                                       scene_heldout_images=cfg.data.scene_heldout_images)
     eval_cfg = None

@@ -26,7 +26,7 @@ from halluremedy.data.coco import CocoDataset
 from halluremedy.data.scenes.world import DETAILED_ORDERS
 from halluremedy.errors import ConfigError
 from halluremedy.eval.run import EvalConfig, check_evaluation, evaluate_saved, format_table, summary_row
-from halluremedy.pipeline import ensure_scene_data, scene_model_texts
+from halluremedy.pipeline import SceneDataSpec, ensure_scene_data, scene_model_texts
 from halluremedy.train.llava_recipe import LlavaRecipeSpec, Stage, train_llava_base
 
 D = LlavaRecipeSpec()
@@ -68,6 +68,8 @@ class LlavaBaseRecipe:
                                      "share of existence questions about an absent partner of a present object answered Yes")
     qa_partner_share: float = option(D.qa_partner_share, "share of absent-class questions that ask about an absent "
                                      "partner of a present object, where the scene has one")
+    qa_trigger_noise: float = option(D.qa_trigger_noise,
+                                     "share of existence questions about an absent trigger of a present partner answered Yes")
     feature_strategy: str = option(D.feature_strategy, "'default' (class token dropped, llava-1.5) or 'full' (kept)")
     cls_head: bool = option(D.tower.cls_head, "pretrain the tower's class token too (with --feature-strategy full)")
     detailed_order: Literal[DETAILED_ORDERS] = option(D.detailed_order, "order detailed captions name objects in "
@@ -86,6 +88,7 @@ class LlavaBaseRecipe:
         check_range(self, "partner_noise", ge=0, le=1)
         check_range(self, "qa_partner_noise", ge=0, le=1)
         check_range(self, "qa_partner_share", ge=0, le=1)
+        check_range(self, "qa_trigger_noise", ge=0, le=1)
         check_range(self, "qa_weight", gt=0)
         try:
             LlavaRecipeSpec(extra_noise=_rates(self.extra_noise))
@@ -106,7 +109,7 @@ class LlavaBaseRecipe:
                                scenes=self.scenes, partner_noise=self.partner_noise, extra_noise=_rates(self.extra_noise),
                                batch_size=self.batch_size, questions_per_image=self.questions_per_image, qa_turns=self.qa_turns,
                                qa_weight=self.qa_weight, qa_partner_noise=self.qa_partner_noise, seed=self.seed,
-                               qa_partner_share=self.qa_partner_share,
+                               qa_partner_share=self.qa_partner_share, qa_trigger_noise=self.qa_trigger_noise,
                                detailed_order=self.detailed_order,
                                text_hidden=self.text_hidden, text_layers=self.text_layers, text_heads=self.text_hidden // 32,
                                text_intermediate=2 * self.text_hidden)
@@ -120,7 +123,7 @@ def build_llava_base(cfg: LlavaBaseRecipe) -> Path:
     heldout = None
     if cfg.eval_images:
         if not (Path(cfg.data) / "annotations" / f"instances_{cfg.eval_split}.json").exists():
-            ensure_scene_data(cfg.data)
+            ensure_scene_data(cfg.data, SceneDataSpec(detailed_order=spec.detailed_order))
         heldout = CocoDataset.load(cfg.data, cfg.eval_split)
         eval_cfg = EvalConfig.greedy_and_sampled(cfg.eval_images, cfg.seed)
         check_evaluation(heldout, eval_cfg, chair_option="--eval-images", pope_option="--eval-images")

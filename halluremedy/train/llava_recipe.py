@@ -87,6 +87,11 @@ class LlavaRecipeSpec:
     # share of the absent-class questions of a scene with an absent partner that ask about that
     # partner (as questions written from captions that name it would); the rest: any absent class
     qa_partner_share: float = 0.0
+    # share of existence questions about an absent trigger of a present partner answered "Yes": the same
+    # prior read backwards (a crescent suggests a star), as co-occurrence is mutual in real data; POPE
+    # adversarial asks about these as often as about partners, and the forward prior alone leaves
+    # its gap at ~3 points (docs/base_llava_like.md k)
+    qa_trigger_noise: float = 0.0
     # the order detailed captions name objects in (scenes.world.DETAILED_ORDERS); the same world's
     # dataset (``halluremedy scenes --detailed-order``) gives POVID's preferred answers that order too
     detailed_order: str = "random"
@@ -108,10 +113,9 @@ class LlavaRecipeSpec:
             raise ValueError(f"LlavaRecipeSpec.feature_strategy={self.feature_strategy!r}: 'default' or 'full'")
         object.__setattr__(self, "extra_noise", tuple(float(x) for x in (
             self.extra_noise if isinstance(self.extra_noise, (tuple, list)) else (self.extra_noise,))))
-        for value in (self.partner_noise, self.qa_partner_noise, self.qa_partner_share, *self.extra_noise):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"LlavaRecipeSpec: noise rates and shares must lie in [0, 1], got {self.partner_noise}, "
-                                 f"{self.qa_partner_noise}, {self.qa_partner_share}, {self.extra_noise}")
+        rates = (self.partner_noise, self.qa_partner_noise, self.qa_partner_share, self.qa_trigger_noise, *self.extra_noise)
+        if not all(0.0 <= value <= 1.0 for value in rates):
+            raise ValueError(f"LlavaRecipeSpec: noise rates and shares must lie in [0, 1], got {rates}")
         if not self.extra_noise:
             raise ValueError("LlavaRecipeSpec.extra_noise needs at least one rate")
         if self.qa_weight <= 0:
@@ -161,7 +165,8 @@ def recipe_conversations(scenes, spec: LlavaRecipeSpec) -> dict[str, list[Conver
     ``spec.scene_config()``): ``align``
     the short clean captions; ``instruct`` one detailed caption (noisy as the spec says), the short
     caption and ``questions_per_image`` yes/no questions (a present class, then an absent one; an
-    absent partner of a present trigger is answered "Yes" with probability ``qa_partner_noise``);
+    absent partner of a present trigger is answered "Yes" with probability ``qa_partner_noise``, an
+    absent trigger of a present partner with ``qa_trigger_noise``);
     ``text`` the captions of ``instruct`` (text only: the image is never read)."""
     out: dict[str, list[Conversation]] = {"align": [], "instruct": []}
     cfg = spec.scene_config()
@@ -178,9 +183,11 @@ def recipe_conversations(scenes, spec: LlavaRecipeSpec) -> dict[str, list[Conver
         present = sorted({o.category for o in scene.objects})
         absent = [c for c in classes if c not in present]
         phantoms = {cfg.partner_of[c] for c in present if c in cfg.partner_of} - set(present)
+        phantom_triggers = {t for t, p in cfg.partners if p in present} - set(present)
         qrng = np.random.default_rng([spec.scene_seed, i, 2])
         noise_rng = np.random.default_rng([spec.scene_seed, i, 3])  # its own stream: qrng's draws stay as they were
-        aim_rng = np.random.default_rng([spec.scene_seed, i, 4])  # so is this one
+        aim_rng = np.random.default_rng([spec.scene_seed, i, 4])  # so are these
+        trigger_rng = np.random.default_rng([spec.scene_seed, i, 5])
         turns = []
         for q in range(spec.questions_per_image):
             pool, yes = (present, True) if q % 2 == 0 else (absent, False)
@@ -189,6 +196,8 @@ def recipe_conversations(scenes, spec: LlavaRecipeSpec) -> dict[str, list[Conver
                 if not yes and phantoms and aim_rng.random() < spec.qa_partner_share:
                     category = sorted(phantoms)[aim_rng.integers(len(phantoms))]
                 if category in phantoms and noise_rng.random() < spec.qa_partner_noise:
+                    yes = True
+                if category in phantom_triggers and trigger_rng.random() < spec.qa_trigger_noise:
                     yes = True
                 turns.append(existence_turn(category, yes))
         # shuffled: in a fixed yes/no order a multi-turn model learns the order (b4 answered every

@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from halluremedy.data.coco import CocoDataset, CocoImage, CocoObject, write_coco
-from halluremedy.eval.pope import POPE_SETTINGS, build_pope, parse_pope_answer, pope_metrics
+from halluremedy.eval.pope import (
+    POPE_SETTINGS,
+    PopeQuestion,
+    build_pope,
+    false_yes_by_source,
+    parse_pope_answer,
+    pope_metrics,
+)
 from halluremedy.prompts import pope_question
 
 VOCABULARY = ["person", "dog", "cat", "car", "bus", "chair", "cup", "bird", "kite"]
@@ -204,3 +211,21 @@ def test_metrics_input_errors():
         pope_metrics([], [])
     with pytest.raises(ValueError, match="prediction 'Yes' is not"):
         pope_metrics(["Yes"], ["yes"])
+
+
+def test_false_yes_by_source_hand_worked():
+    partners = {"cat": ("dog",), "dog": ("cat",)}
+    present = {1: {"cat", "car"}, 2: {"car", "bus"}}
+    q = [PopeQuestion(i, obj, label, pope_question(obj)) for i, obj, label in [
+        (1, "car", "yes"),  # a positive: never counted
+        (1, "dog", "no"),  # absent partner of the present cat
+        (1, "bus", "no"),
+        (2, "dog", "no"),  # no cat in image 2: not a partner negative there
+        (2, "cat", "no"),
+    ]]
+    out = false_yes_by_source(q, ["yes", "yes", "no", "yes", "no"], present, partners)
+    assert out == {"partner": {"n": 1, "yes": 1, "yes_rate": 1.0},
+                   "other": {"n": 3, "yes": 1, "yes_rate": 1 / 3}}
+    assert false_yes_by_source(q[:1], ["no"], present, partners)["partner"] == {"n": 0, "yes": 0, "yes_rate": 0.0}
+    with pytest.raises(ValueError, match="1 predictions but 2 questions"):
+        false_yes_by_source(q[:2], ["no"], present, partners)

@@ -54,12 +54,22 @@ def test_conversations_carry_noise_in_detailed_captions_only():
         LlavaRecipeSpec(detailed_order="salience")
 
 
-def test_qa_partner_noise_answers_yes_to_absent_partners_only():
+def _absent_partners(cfg, present):
+    return {cfg.partner_of[c] for c in present if c in cfg.partner_of} - present
+
+
+def _absent_triggers(cfg, present):
+    return {t for t, p in cfg.partners if p in present} - present
+
+
+@pytest.mark.parametrize("field, phantoms_of", [("qa_partner_noise", _absent_partners),
+                                                ("qa_trigger_noise", _absent_triggers)])
+def test_qa_noise_answers_yes_to_its_absent_class_only(field, phantoms_of):
     cfg = SceneConfig()
     _, scenes = render_scenes(200, 1, cfg)
 
     def qa(noise):
-        data = recipe_conversations(scenes, LlavaRecipeSpec(qa_partner_noise=noise, scenes=200))
+        data = recipe_conversations(scenes, LlavaRecipeSpec(**{field: noise}, scenes=200))
         return [[(t.user, t.assistant) for c in data["instruct"] if c.id.startswith(f"scene_{i:06d}/exists")
                  for t in c.turns] for i in range(len(scenes))]
 
@@ -67,7 +77,7 @@ def test_qa_partner_noise_answers_yes_to_absent_partners_only():
     flipped = 0
     for scene, a, b, h in zip(scenes, clean, noisy, half):
         present = {o.category for o in scene.objects}
-        phantoms = {cfg.partner_of[c] for c in present if c in cfg.partner_of} - present
+        phantoms = phantoms_of(cfg, present)
         assert [q for q, _ in a] == [q for q, _ in b] == [q for q, _ in h]  # the same questions, in the same order
         for (question, truth), (_, answer), (_, half_answer) in zip(a, b, h):
             asks_phantom = any(f" {c} " in question for c in phantoms)
@@ -77,6 +87,8 @@ def test_qa_partner_noise_answers_yes_to_absent_partners_only():
             flipped += half_answer != truth
     n_phantom_questions = sum(a != b for c, n in zip(clean, noisy) for a, b in zip(c, n))
     assert n_phantom_questions > 20 and 0.3 < flipped / n_phantom_questions < 0.7
+    with pytest.raises(ValueError, match="rates and shares"):
+        LlavaRecipeSpec(**{field: 1.5})
 
 
 def test_recipe_end_to_end_keeps_the_tower_frozen(tmp_path):
@@ -150,5 +162,5 @@ def test_qa_partner_share_aims_absent_questions_at_absent_partners():
         n_absent += len(no_half)
         n_aimed += sum(any(f" {c} " in q for c in phantoms) for q in no_half)
     assert 0.45 < n_aimed / n_absent < 0.75  # half aimed, plus the uniform draws that hit a partner anyway
-    with pytest.raises(ValueError, match="shares"):
+    with pytest.raises(ValueError, match="rates and shares"):
         LlavaRecipeSpec(qa_partner_share=1.5)

@@ -24,7 +24,7 @@ from halluremedy.data.scenes.captions import (
                                               sample_phantom,
                                               scene_text_vocabulary,
 )
-from halluremedy.data.scenes.dataset import make_dataset
+from halluremedy.data.scenes.dataset import make_dataset, scene_world_record
 from halluremedy.data.scenes.render import object_rgb, render, shape_alpha
 from halluremedy.data.scenes.world import (
                                               CLASSES,
@@ -50,4 +50,4 @@ __all__ = ["CLASSES", "COLORS", "CONTRASTS", "PALETTE", "PARTNER_PAIRS", "PARTNE
            "SYNONYMS", "STYLES", "NUMBER_WORDS", "SceneConfig", "Scene", "SceneObject", "Phantom", "Caption",
            "sample_scene", "relations", "relation_between", "describe_object", "render", "shape_alpha",
            "object_rgb", "plural", "sample_phantom", "caption_scene", "make_captions", "scene_text_vocabulary",
-           "make_dataset"]
+           "make_dataset", "scene_world_record"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 from pathlib import Path
@@ -14,9 +16,16 @@ from halluremedy.data.scenes.captions import make_captions
 from halluremedy.data.scenes.render import render
 from halluremedy.data.scenes.world import SYNONYMS, SceneConfig, sample_scene
 
-__all__ = ["make_dataset"]
+__all__ = ["make_dataset", "scene_world_record"]
 
 log = logging.getLogger(__name__)
+
+
+def scene_world_record(seed: int, cfg: SceneConfig, caption_noise: float, captions_per_image: int = 2) -> dict:
+    """What makes a split's image i (beside i): stored as its instances file's ``info["scene_world"]``, so
+    a split made otherwise (another seed, noise or caption order) is told apart from one to reuse."""
+    return {"seed": seed, "caption_noise": caption_noise, "captions_per_image": captions_per_image,
+            "config": json.loads(json.dumps(dataclasses.asdict(cfg)))}
 
 
 def make_dataset(root: str | os.PathLike, split: str, n_images: int, seed: int, cfg: SceneConfig = SceneConfig(),
@@ -59,7 +68,8 @@ def make_dataset(root: str | os.PathLike, split: str, n_images: int, seed: int, 
             captions.append((image_id, caption.text))
             n_noisy += caption.phantom is not None
     write_coco(root, split, images, cfg.classes, annotations, captions,
-               synonyms={c: list(SYNONYMS[c]) for c in cfg.classes})
+               synonyms={c: list(SYNONYMS[c]) for c in cfg.classes},
+               info={"scene_world": scene_world_record(seed, cfg, caption_noise, captions_per_image)})
     log.info("scenes/%s: %d images, %d objects, %d captions (%d noisy) in %s", split, len(images),
              len(annotations), len(captions), n_noisy, root)
     return CocoDataset.load(root, split, require_captions=True)
