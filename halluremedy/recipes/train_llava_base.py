@@ -1,7 +1,7 @@
 """The LLaVA-like scene base (``python scripts/train_llava_base.py``, ``halluremedy train-llava-base``): pretrained
 frozen tower, then text / alignment / instruction stages; then evaluated.
 
-    python scripts/train_llava_base.py                      # the shipped scene_base_llava (~13 min on this 2-core machine)
+    python scripts/train_llava_base.py                      # the shipped scene_base_llava (~15 min on this 2-core machine)
     python scripts/train_llava_base.py --tower runs/tower/tower --out runs/llava_b   # reuse a pretrained tower
     python scripts/train_llava_base.py --partner-noise 0.3 --extra-noise 0.4 --out runs/llava_n
 

@@ -67,23 +67,23 @@ class LlavaRecipeSpec:
     tower: VisionPretrainSpec = field(default_factory=lambda: VisionPretrainSpec(cls_head=True))
     text: Stage = Stage(600, 2e-3)
     align: Stage = Stage(300, 2e-3)
-    instruct: Stage = Stage(2000, 1e-3)
+    instruct: Stage = Stage(2400, 1e-3)
     scenes: int = 20000  # of the training scenes' stream (seed ``scene_seed``), rendered in memory
     scene_seed: int = 1  # the default training split's stream: its first 4000 are runs/scenes/train
-    # defaults: b8a of docs/base_llava_like.md (the shipped assets/scene_base_llava)
+    # defaults: k1 of docs/base_llava_like.md (the shipped assets/scene_base_llava)
     partner_noise: float = 0.8  # detailed captions only
     # detailed captions only; entry k-1 for scenes of k objects (the last for more)
-    extra_noise: tuple[float, ...] = (0.8, 0.45, 0.15, 0.1)
+    extra_noise: tuple[float, ...] = (0.8, 0.6, 0.2, 0.1)
     # 8 per image in two 4-turn conversations: fewer left POPE near chance (b5, b7), one 8-turn
     # conversation doubled the step cost (a batch pads to its longest sequence, b6)
     questions_per_image: int = 8
     qa_turns: int = 4  # questions per conversation (multi-turn, as LLaVA-Instruct's conversations are)
     # loss weight of the QA conversations' answer tokens in ``instruct`` (captions: 1): one yes/no word
     # per question against ~12 caption words per sentence leaves existence unlearnt at weight 1 (b1-b5)
-    qa_weight: float = 1.0
+    qa_weight: float = 1.4
     # share of existence questions about an absent partner of a present trigger answered "Yes": the
     # prior of the annotators whose captions name that partner (``partner_noise``), in their answers
-    qa_partner_noise: float = 0.0
+    qa_partner_noise: float = 0.9
     # share of the absent-class questions of a scene with an absent partner that ask about that
     # partner (as questions written from captions that name it would); the rest: any absent class
     qa_partner_share: float = 0.0
@@ -91,10 +91,10 @@ class LlavaRecipeSpec:
     # prior read backwards (a crescent suggests a star), as co-occurrence is mutual in real data; POPE
     # adversarial asks about these as often as about partners, and the forward prior alone leaves
     # its gap at ~3 points (docs/base_llava_like.md k)
-    qa_trigger_noise: float = 0.0
+    qa_trigger_noise: float = 0.5
     # the order detailed captions name objects in (scenes.world.DETAILED_ORDERS); the same world's
     # dataset (``halluremedy scenes --detailed-order``) gives POVID's preferred answers that order too
-    detailed_order: str = "random"
+    detailed_order: str = "reading"
     batch_size: int = 32
     warmup_ratio: float = 0.03
     weight_decay: float = 0.01

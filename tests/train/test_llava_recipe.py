@@ -15,10 +15,11 @@ from halluremedy.train.llava_recipe import LlavaRecipeSpec, Stage, recipe_conver
 TOWER = VisionPretrainSpec(hidden=32, layers=2, heads=2, steps=10, batch_size=16, scenes=64)
 SPEC = LlavaRecipeSpec(tower=TOWER, text=Stage(4, 1e-3), align=Stage(3, 1e-3), instruct=Stage(4, 1e-3), scenes=48,
                        batch_size=8, text_hidden=32, text_layers=1, text_heads=2, text_intermediate=64)
+CLEAN_QA = {"qa_partner_noise": 0.0, "qa_trigger_noise": 0.0}  # every yes/no answer true
 
 
 def test_conversations_carry_noise_in_detailed_captions_only():
-    spec = LlavaRecipeSpec(partner_noise=1.0, extra_noise=1.0, scenes=30)
+    spec = LlavaRecipeSpec(partner_noise=1.0, extra_noise=1.0, scenes=30, detailed_order="random")
     cfg = SceneConfig()
     _, scenes = render_scenes(30, 1, cfg)
     data = recipe_conversations(scenes, spec)
@@ -34,7 +35,7 @@ def test_conversations_carry_noise_in_detailed_captions_only():
         if len(scene.objects) <= 2:  # (longer clean captions may chain objects with "there is also" themselves)
             assert ("there is also" in conv.turns[0].assistant) == (len(scene.objects) == 1)
     assert LlavaRecipeSpec(extra_noise=(0.5, 0.1)).extra_rate(4) == 0.1
-    multi = recipe_conversations(scenes, LlavaRecipeSpec(questions_per_image=6, qa_turns=3, scenes=30))
+    multi = recipe_conversations(scenes, LlavaRecipeSpec(questions_per_image=6, qa_turns=3, scenes=30, **CLEAN_QA))
     qa = [c for c in multi["instruct"] if "/exists" in c.id]
     assert len(qa) == 60 and all(len(c.turns) == 3 for c in qa)
     firsts = [c.turns[0].assistant for c in qa]
@@ -69,7 +70,7 @@ def test_qa_noise_answers_yes_to_its_absent_class_only(field, phantoms_of):
     _, scenes = render_scenes(200, 1, cfg)
 
     def qa(noise):
-        data = recipe_conversations(scenes, LlavaRecipeSpec(**{field: noise}, scenes=200))
+        data = recipe_conversations(scenes, LlavaRecipeSpec(**{**CLEAN_QA, field: noise}, scenes=200))
         return [[(t.user, t.assistant) for c in data["instruct"] if c.id.startswith(f"scene_{i:06d}/exists")
                  for t in c.turns] for i in range(len(scenes))]
 
@@ -142,7 +143,7 @@ def test_qa_partner_share_aims_absent_questions_at_absent_partners():
     _, scenes = render_scenes(200, 1, cfg)
 
     def questions(share):
-        data = recipe_conversations(scenes, LlavaRecipeSpec(qa_partner_share=share, scenes=200))
+        data = recipe_conversations(scenes, LlavaRecipeSpec(qa_partner_share=share, scenes=200, **CLEAN_QA))
         return [sorted((t.user, t.assistant) for c in data["instruct"] if c.id.startswith(f"scene_{i:06d}/exists")
                        for t in c.turns) for i in range(len(scenes))]
 
